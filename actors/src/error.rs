@@ -1,0 +1,85 @@
+//! The errors the actors report, one enum per place they can arise.
+
+use rdkafka::error::KafkaError;
+use thiserror::Error;
+
+/// A flow's settings are unusable. Raised while the binary validates the
+/// config, before any connection is made.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// A topic pattern does not compile.
+    #[error("{key}: `{pattern}` is not a valid regex: {reason}")]
+    BadRegex {
+        key: String,
+        pattern: String,
+        reason: String,
+    },
+    /// A rename template is malformed.
+    #[error("{key}: `{format}` is not a valid rename format: {reason}")]
+    BadRenameFormat {
+        key: String,
+        format: String,
+        reason: String,
+    },
+}
+
+/// What stops a flow, a copier or a cluster connection at run time.
+#[derive(Debug, Error)]
+pub enum ReplicationError {
+    /// A Kafka client could not be created from the cluster's properties.
+    #[error("cluster `{cluster}`: cannot create a Kafka client: {source}")]
+    ClientCreation {
+        cluster: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// A cluster did not answer a metadata request.
+    #[error("cluster `{cluster}` ({bootstrap}) is unreachable: {source}")]
+    Unreachable {
+        cluster: String,
+        bootstrap: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// Subscribing the source consumer failed.
+    #[error("cluster `{cluster}`: cannot subscribe to topics: {source}")]
+    Subscribe {
+        cluster: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// A destination topic could not be created or grown.
+    #[error("cluster `{cluster}`: cannot create topic `{topic}`: {reason}")]
+    TopicCreation {
+        cluster: String,
+        topic: String,
+        reason: String,
+    },
+    /// Reading a source partition failed.
+    #[error("reading {topic}[{partition}]: {source}")]
+    Consume {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    /// The destination refused a record for good.
+    #[error("writing {topic}[{partition}] offset {offset} to `{destination_topic}`: {reason}")]
+    Produce {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        destination_topic: String,
+        reason: String,
+    },
+    /// A copier panicked; turned into an error so that it is restarted.
+    #[error("copier for {topic}[{partition}] panicked: {message}")]
+    CopierPanicked {
+        topic: String,
+        partition: i32,
+        message: String,
+    },
+    /// An actor this one depends on has stopped.
+    #[error("the {actor} actor has stopped")]
+    ActorGone { actor: &'static str },
+}

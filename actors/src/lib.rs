@@ -1,0 +1,39 @@
+//! Strait's actors: the moving parts of a replication flow.
+//!
+//! # Layout
+//! Records move through these files in this order:
+//!
+//! - [`source`]: the source cluster's supervisor. Owns the consumer-group member
+//!   and its admin client, splits each assigned partition into its own queue,
+//!   starts and stops one copier per partition on rebalances, commits progress.
+//! - [`discovery`]: polls the source's metadata and emits [`discovery::TopicEvent`]s
+//!   (added, partitions increased, config changed, removed).
+//! - [`copier`]: one per assigned partition. Reads its partition queue, packs
+//!   records into batches and sends them to the destination, one at a time.
+//! - [`destination`]: the destination cluster's supervisor. Owns the producer and
+//!   admin client, creates topics, and writes batches through a bounded mailbox.
+//! - [`flow`]: wires one flow together and turns topic events into actions.
+//!
+//! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
+//! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP
+//! endpoints report), [`metrics`] (metric names), [`error`].
+
+pub mod batch;
+pub mod copier;
+pub mod destination;
+pub mod discovery;
+pub mod error;
+pub mod flow;
+pub mod metrics;
+pub mod progress;
+pub mod source;
+pub mod spec;
+pub mod status;
+
+pub use error::{ReplicationError, SpecError};
+pub use flow::{FlowSupervisor, StopFlow};
+pub use spec::{
+    ClusterSpec, Delivery, Faults, FlowSpec, OnError, RenameFormat, StartFrom, TopicSelector,
+    Tuning,
+};
+pub use status::StatusBoard;
