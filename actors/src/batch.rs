@@ -1,1 +1,212 @@
-//! (being written)
+//! A batch of source records on their way to the destination.
+//!
+//! A copier copies each record it reads out of the consumer's buffers into a
+//! batch, and hands the batch to the destination actor. All keys, values and
+//! headers of a batch share one byte buffer, so a batch costs a few
+//! allocations however many records it holds.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use rdkafka::message::{Headers, Message};
+
+/// Records read from one source partition, in offset order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    data: Vec<u8>,
+    records: Vec<Slot>,
+    headers: Vec<HeaderSlot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    headers: Range<usize>,
+}
+
+#[derive(Debug)]
+struct HeaderSlot {
+    name: Range<usize>,
+    value: Option<Range<usize>>,
+}
+
+/// One record of a batch, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// Offset in the source partition.
+    pub offset: i64,
+    /// The record's timestamp in ms since the epoch, if it has one.
+    pub timestamp: Option<i64>,
+    /// The key; `None` is a null key.
+    pub key: Option<&'a [u8]>,
+    /// The value; `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+    batch: &'a Batch,
+    headers: &'a [HeaderSlot],
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's headers in their original order, duplicates included.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (Cow<'a, str>, Option<&'a [u8]>)> + 'a {
+        let batch = self.batch;
+        self.headers.iter().map(move |h| {
+            (
+                // Names were copied from `&str`, so this never replaces anything.
+                String::from_utf8_lossy(&batch.data[h.name.clone()]),
+                h.value.clone().map(|r| &batch.data[r]),
+            )
+        })
+    }
+
+    /// Number of headers.
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+}
+
+impl Batch {
+    /// An empty batch with room for about `records` records of `bytes` bytes.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Copies a source record into the batch.
+    pub fn push<M: Message>(&mut self, message: &M) {
+        let key = message.key().map(|k| self.append(k));
+        let value = message.payload().map(|v| self.append(v));
+        let first_header = self.headers.len();
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                let name = self.append(h.key.as_bytes());
+                let value = h.value.map(|v| self.append(v));
+                self.headers.push(HeaderSlot { name, value });
+            }
+        }
+        self.records.push(Slot {
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key,
+            value,
+            headers: first_header..self.headers.len(),
+        });
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        start..self.data.len()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of keys, values and headers held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Offset of the first record.
+    pub fn first_offset(&self) -> Option<i64> {
+        self.records.first().map(|r| r.offset)
+    }
+
+    /// The offset after the last record: where reading resumes.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.records.last().map(|r| r.offset + 1)
+    }
+
+    /// Timestamp of the last record.
+    pub fn last_timestamp(&self) -> Option<i64> {
+        self.records.last().and_then(|r| r.timestamp)
+    }
+
+    /// The records, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RecordView<'_>> + '_ {
+        self.records.iter().map(move |r| RecordView {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.clone().map(|k| &self.data[k]),
+            value: r.value.clone().map(|v| &self.data[v]),
+            batch: self,
+            headers: &self.headers[r.headers.clone()],
+        })
+    }
+
+    /// True when a record at `offset` is in the batch.
+    pub fn contains_offset(&self, offset: i64) -> bool {
+        self.records.iter().any(|r| r.offset == offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    fn message(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "h",
+                value: Some(&[0u8, 159, 146, 150][..]),
+            })
+            .insert(Header {
+                key: "h",
+                value: None::<&[u8]>,
+            })
+            .insert(Header {
+                key: "other",
+                value: Some("x"),
+            });
+        OwnedMessage::new(
+            value.map(<[u8]>::to_vec),
+            key.map(<[u8]>::to_vec),
+            "t".into(),
+            Timestamp::CreateTime(1_700_000_000_000 + offset),
+            0,
+            offset,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn keeps_keys_values_tombstones_headers_and_timestamps() {
+        let mut b = Batch::with_capacity(4, 64);
+        b.push(&message(7, Some(b"k"), Some(b"v")));
+        b.push(&message(8, None, None));
+        b.push(&message(10, Some(b""), Some(b"")));
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.first_offset(), Some(7));
+        assert_eq!(b.next_offset(), Some(11));
+        assert!(b.contains_offset(8) && !b.contains_offset(9));
+
+        let recs: Vec<_> = b.iter().collect();
+        assert_eq!(recs[0].key, Some(&b"k"[..]));
+        assert_eq!(recs[0].value, Some(&b"v"[..]));
+        assert_eq!(recs[1].key, None, "null key stays null");
+        assert_eq!(recs[1].value, None, "tombstone stays a tombstone");
+        assert_eq!(recs[2].key, Some(&b""[..]), "empty key is not null");
+        assert_eq!(recs[2].timestamp, Some(1_700_000_000_010));
+
+        let headers: Vec<_> = recs[1].headers().collect();
+        assert_eq!(headers.len(), 3);
+        assert_eq!(headers[0].0, "h");
+        assert_eq!(headers[0].1, Some(&[0u8, 159, 146, 150][..]));
+        assert_eq!(headers[1].0, "h", "duplicate header names are kept in order");
+        assert_eq!(headers[1].1, None);
+        assert_eq!(headers[2].0, "other");
+    }
+}

@@ -1,1 +1,403 @@
-//! (being written)
+//! A copier: one per assigned source partition.
+//!
+//! It reads its partition's own queue (split off the group consumer), packs
+//! records into batches and sends each to the destination actor, awaiting the
+//! answer before reading on: that awaited send is what turns a slow
+//! destination into a slow source.
+//!
+//! A copier that fails, by error or by panic, is restarted by its actix
+//! `Supervisor`: the reading loop runs under `catch_unwind`, so a panic becomes
+//! an error and `ctx.stop()`, which the supervisor answers with `restarting()`
+//! and a fresh `started()`. Each restart waits an exponential backoff, forgets
+//! the batches in flight and seeks the partition back to its last acknowledged
+//! offset, so nothing is skipped. The source supervisor also watches for a
+//! copier whose mailbox closed (a panic outside the loop) and starts a new one.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::Offset;
+
+use crate::batch::Batch;
+use crate::destination::{Destination, WriteBatch};
+use crate::error::ReplicationError;
+use crate::metrics::{self as names, labels};
+use crate::source::{SourceConsumer, SourceContext};
+use crate::spec::Tuning;
+use crate::status::{PartitionState, PartitionStatus};
+
+/// How long a copier waits on an empty queue before looking again. librdkafka
+/// can miss a wake-up on split queues (rust-rdkafka #665); this bounds the stall.
+const IDLE_RECHECK: Duration = Duration::from_millis(200);
+
+/// A partition queue split off the source's group consumer.
+pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
+
+/// A failure to inject at one offset, a limited number of times (tests only).
+#[derive(Clone, Debug)]
+pub struct InjectedPanic {
+    /// The source offset whose reading panics.
+    pub offset: i64,
+    /// How many more times it panics; shared across restarts.
+    pub remaining: Arc<AtomicU32>,
+}
+
+/// Everything a copier needs; kept across restarts.
+pub struct Copier {
+    flow: Arc<str>,
+    topic: Arc<str>,
+    partition: i32,
+    destination_topic: Arc<str>,
+    queue: Arc<PartitionQueue>,
+    consumer: Arc<SourceConsumer>,
+    destination: Addr<Destination>,
+    status: Arc<PartitionStatus>,
+    tuning: Tuning,
+    injected_panic: Option<InjectedPanic>,
+    /// Set to ask the reading loop to finish its current batch and stop.
+    stop: Arc<AtomicBool>,
+    /// True while the reading loop runs.
+    running: Arc<AtomicBool>,
+    /// Failures since the partition last made progress.
+    failures_in_row: u32,
+    acked_at_last_failure: u64,
+}
+
+/// What a copier is given when started.
+pub struct CopierParts {
+    /// The flow's name, for logs and metrics.
+    pub flow: Arc<str>,
+    /// Source topic.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+    /// Destination topic.
+    pub destination_topic: Arc<str>,
+    /// The partition's own queue.
+    pub queue: PartitionQueue,
+    /// The group consumer, for seeking.
+    pub consumer: Arc<SourceConsumer>,
+    /// Where batches go.
+    pub destination: Addr<Destination>,
+    /// The partition's status and progress.
+    pub status: Arc<PartitionStatus>,
+    /// Batch sizes and backoff.
+    pub tuning: Tuning,
+    /// Test-only failure injection.
+    pub injected_panic: Option<InjectedPanic>,
+}
+
+impl Copier {
+    /// Starts a supervised copier in the current arbiter.
+    pub fn start(parts: CopierParts) -> Addr<Self> {
+        let copier = Self {
+            flow: parts.flow,
+            topic: parts.topic,
+            partition: parts.partition,
+            destination_topic: parts.destination_topic,
+            queue: Arc::new(parts.queue),
+            consumer: parts.consumer,
+            destination: parts.destination,
+            status: parts.status,
+            tuning: parts.tuning,
+            injected_panic: parts.injected_panic,
+            stop: Arc::new(AtomicBool::new(false)),
+            running: Arc::new(AtomicBool::new(false)),
+            failures_in_row: 0,
+            acked_at_last_failure: 0,
+        };
+        Supervisor::start(|_| copier)
+    }
+
+    /// The delay before the next start: none at first, then doubling.
+    fn backoff(&self) -> Duration {
+        if self.failures_in_row == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 2u32.saturating_pow(self.failures_in_row.saturating_sub(1).min(20));
+        self.tuning
+            .restart_backoff_initial
+            .saturating_mul(factor)
+            .min(self.tuning.restart_backoff_max)
+    }
+
+    fn start_reading(&mut self, ctx: &mut Context<Self>) {
+        let reader = Reader {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+            destination_topic: Arc::clone(&self.destination_topic),
+            queue: Arc::clone(&self.queue),
+            destination: self.destination.clone(),
+            status: Arc::clone(&self.status),
+            tuning: self.tuning.clone(),
+            injected_panic: self.injected_panic.clone(),
+            stop: Arc::clone(&self.stop),
+        };
+        let topic = Arc::clone(&self.topic);
+        let partition = self.partition;
+        self.running.store(true, Ordering::SeqCst);
+        self.status.set_state(PartitionState::Copying);
+        let guarded = AssertUnwindSafe(reader.run()).catch_unwind().map(move |result| {
+            result.unwrap_or_else(|panic| {
+                Err(ReplicationError::CopierPanicked {
+                    topic: topic.to_string(),
+                    partition,
+                    message: panic_message(panic.as_ref()),
+                })
+            })
+        });
+        ctx.spawn(guarded.into_actor(self).map(|result, act, ctx| {
+            act.running.store(false, Ordering::SeqCst);
+            if let Err(error) = result {
+                act.failed(error, ctx);
+            }
+        }));
+    }
+
+    fn failed(&mut self, error: ReplicationError, ctx: &mut Context<Self>) {
+        let acked = self.status.progress.acked_records();
+        if acked > self.acked_at_last_failure {
+            // It made progress since the last failure: this is a new streak.
+            self.failures_in_row = 0;
+        }
+        self.acked_at_last_failure = acked;
+        self.failures_in_row += 1;
+        tracing::error!(
+            flow = %self.flow,
+            topic = %self.topic,
+            partition = self.partition,
+            failures_in_row = self.failures_in_row,
+            retry_in = ?self.backoff(),
+            error = %error,
+            "copier failed; restarting it from the last acknowledged offset"
+        );
+        self.status.record_failure(error.to_string());
+        self.status.set_state(PartitionState::Restarting);
+        metrics::counter!(
+            names::COPIER_RESTARTS,
+            labels::FLOW => self.flow.to_string(),
+            labels::TOPIC => self.topic.to_string(),
+            labels::PARTITION => self.partition.to_string(),
+        )
+        .increment(1);
+        ctx.stop();
+    }
+
+    /// Moves the consumer back to the first unacknowledged offset.
+    fn rewind(&self) {
+        self.status.progress.reset();
+        let Some(offset) = self.status.progress.committable() else {
+            // Nothing was read yet, so nothing can have been skipped.
+            return;
+        };
+        if let Err(error) = self.consumer.seek(
+            &self.topic,
+            self.partition,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        ) {
+            tracing::warn!(
+                flow = %self.flow,
+                topic = %self.topic,
+                partition = self.partition,
+                offset,
+                error = %error,
+                "could not seek back to the last acknowledged offset"
+            );
+        }
+    }
+}
+
+impl Actor for Copier {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4);
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.backoff() {
+            Duration::ZERO => self.start_reading(ctx),
+            delay => {
+                ctx.run_later(delay, |act, ctx| {
+                    if !act.stop.load(Ordering::SeqCst) {
+                        act.start_reading(ctx);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Supervised for Copier {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.rewind();
+    }
+}
+
+/// Stops the copier cleanly: finish the batch being read, wait until the
+/// destination acknowledged what is in flight (or `timeout` passes), and
+/// answer with the offset up to which everything is acknowledged.
+#[derive(Message)]
+#[rtype(result = "Option<i64>")]
+pub struct StopCopier {
+    /// Longest wait for in-flight batches.
+    pub timeout: Duration,
+}
+
+impl Handler<StopCopier> for Copier {
+    type Result = ResponseFuture<Option<i64>>;
+
+    fn handle(&mut self, msg: StopCopier, _: &mut Context<Self>) -> Self::Result {
+        self.stop.store(true, Ordering::SeqCst);
+        self.status.set_state(PartitionState::Stopped);
+        let running = Arc::clone(&self.running);
+        let status = Arc::clone(&self.status);
+        Box::pin(async move {
+            let deadline = Instant::now() + msg.timeout;
+            while (running.load(Ordering::SeqCst) || status.progress.in_flight_batches() > 0)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            status.progress.committable()
+        })
+    }
+}
+
+/// The reading loop, owned by a task of the copier.
+struct Reader {
+    topic: Arc<str>,
+    partition: i32,
+    destination_topic: Arc<str>,
+    queue: Arc<PartitionQueue>,
+    destination: Addr<Destination>,
+    status: Arc<PartitionStatus>,
+    tuning: Tuning,
+    injected_panic: Option<InjectedPanic>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    async fn run(self) -> Result<(), ReplicationError> {
+        let mut stream = self.queue.stream();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if let Some(failure) = self.status.progress.failure() {
+                return Err(ReplicationError::Produce {
+                    topic: self.topic.to_string(),
+                    partition: self.partition,
+                    offset: failure.offset,
+                    destination_topic: self.destination_topic.to_string(),
+                    reason: failure.reason,
+                });
+            }
+            let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
+                Err(_idle) => continue,
+                Ok(None) => {
+                    return Err(ReplicationError::ActorGone {
+                        actor: "partition queue",
+                    })
+                }
+                Ok(Some(Err(error))) => {
+                    self.consume_error(&error);
+                    continue;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            let mut batch = Batch::with_capacity(
+                self.tuning.batch_max_records.min(1024),
+                self.tuning.batch_max_bytes.min(256 * 1024),
+            );
+            batch.push(&first);
+            drop(first);
+            while batch.len() < self.tuning.batch_max_records
+                && batch.bytes() < self.tuning.batch_max_bytes
+            {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(&message),
+                    Some(Some(Err(error))) => {
+                        self.consume_error(&error);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            self.inject_panic(&batch);
+            self.send(batch).await?;
+        }
+    }
+
+    async fn send(&self, batch: Batch) -> Result<(), ReplicationError> {
+        let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
+            return Ok(());
+        };
+        let ack = self.status.progress.register(
+            batch.len(),
+            batch.bytes(),
+            first,
+            next,
+            batch.last_timestamp(),
+        );
+        self.destination
+            .send(WriteBatch {
+                batch,
+                source_topic: Arc::clone(&self.topic),
+                topic: Arc::clone(&self.destination_topic),
+                partition: self.partition,
+                ack,
+            })
+            .await
+            .map_err(|_| ReplicationError::ActorGone {
+                actor: "destination",
+            })?
+    }
+
+    fn consume_error(&self, error: &KafkaError) {
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            error = %error,
+            "error reading the source partition; the consumer retries"
+        );
+        metrics::counter!(
+            names::CONSUME_ERRORS,
+            labels::TOPIC => self.topic.to_string(),
+            labels::PARTITION => self.partition.to_string(),
+        )
+        .increment(1);
+    }
+
+    fn inject_panic(&self, batch: &Batch) {
+        if let Some(fault) = &self.injected_panic {
+            if batch.contains_offset(fault.offset)
+                && fault
+                    .remaining
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                panic!(
+                    "injected failure at {}[{}] offset {}",
+                    self.topic, self.partition, fault.offset
+                );
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}

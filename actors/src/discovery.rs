@@ -1,1 +1,316 @@
-//! (being written)
+//! Topic discovery: re-reads the source's topics and reports what changed.
+//!
+//! Every `topic_refresh_interval` it makes one metadata request and one
+//! DescribeConfigs request for the selected topics (not one per topic or per
+//! copier), compares the result with what it saw last, and sends the flow
+//! [`TopicEvent`]s: added, partitions increased, config changed, removed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+use rdkafka::metadata::Metadata;
+
+use crate::client::{client_config, LoggingContext};
+use crate::error::ReplicationError;
+use crate::spec::{ClusterSpec, FlowSpec, TopicSelector};
+
+/// How long one metadata or DescribeConfigs request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed refresh, the next try comes this soon (or at the refresh
+/// interval, if that is shorter).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// What discovery knows of a selected source topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceTopic {
+    /// Partition count.
+    pub partitions: i32,
+    /// Replicas of its first partition.
+    pub replication_factor: i32,
+    /// Per-topic config overrides (set on the topic, not broker defaults).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A change at the source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicEvent {
+    /// A selected topic appeared (or was seen for the first time).
+    Added { topic: String, info: SourceTopic },
+    /// A selected topic gained partitions.
+    PartitionsIncreased {
+        topic: String,
+        from: i32,
+        info: SourceTopic,
+    },
+    /// A selected topic's config overrides changed.
+    ConfigChanged { topic: String, info: SourceTopic },
+    /// A selected topic is gone.
+    Removed { topic: String },
+}
+
+/// The outcome of one refresh: events, or why the source could not be read.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Discovered(pub Result<Vec<TopicEvent>, String>);
+
+/// The events that turn `before` into `after`.
+pub fn diff(
+    before: &BTreeMap<String, SourceTopic>,
+    after: &BTreeMap<String, SourceTopic>,
+) -> Vec<TopicEvent> {
+    let mut events = Vec::new();
+    for (topic, info) in after {
+        match before.get(topic) {
+            None => events.push(TopicEvent::Added {
+                topic: topic.clone(),
+                info: info.clone(),
+            }),
+            Some(old) => {
+                if info.partitions > old.partitions {
+                    events.push(TopicEvent::PartitionsIncreased {
+                        topic: topic.clone(),
+                        from: old.partitions,
+                        info: info.clone(),
+                    });
+                }
+                if info.configs != old.configs {
+                    events.push(TopicEvent::ConfigChanged {
+                        topic: topic.clone(),
+                        info: info.clone(),
+                    });
+                }
+            }
+        }
+    }
+    events.extend(
+        before
+            .keys()
+            .filter(|t| !after.contains_key(*t))
+            .map(|t| TopicEvent::Removed { topic: t.clone() }),
+    );
+    events
+}
+
+/// Reads a cluster's topics.
+pub struct TopicReader {
+    cluster: ClusterSpec,
+    admin: Arc<AdminClient<LoggingContext>>,
+}
+
+impl TopicReader {
+    /// An admin client for `cluster`.
+    pub fn new(cluster: &ClusterSpec) -> Result<Self, ReplicationError> {
+        let admin = client_config(cluster, &[], &[])
+            .create_with_context(LoggingContext {
+                cluster: cluster.alias.clone(),
+            })
+            .map_err(|source| ReplicationError::ClientCreation {
+                cluster: cluster.alias.clone(),
+                source,
+            })?;
+        Ok(Self {
+            cluster: cluster.clone(),
+            admin: Arc::new(admin),
+        })
+    }
+
+    /// The cluster's metadata, fetched off the calling thread.
+    pub async fn metadata(&self) -> Result<Metadata, ReplicationError> {
+        let admin = Arc::clone(&self.admin);
+        tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, REQUEST_TIMEOUT))
+            .await
+            .map_err(|_| ReplicationError::ActorGone { actor: "metadata" })?
+            .map_err(|source| ReplicationError::Unreachable {
+                cluster: self.cluster.alias.clone(),
+                bootstrap: self.cluster.bootstrap_servers().to_string(),
+                source,
+            })
+    }
+
+    /// The selected topics with their partition counts and replication
+    /// factors (configs not read).
+    pub async fn selected_topics(
+        &self,
+        selector: &TopicSelector,
+    ) -> Result<BTreeMap<String, SourceTopic>, ReplicationError> {
+        let metadata = self.metadata().await?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && selector.matches(t.name()))
+            .map(|t| {
+                let replication_factor = t
+                    .partitions()
+                    .first()
+                    .map_or(1, |p| p.replicas().len() as i32);
+                (
+                    t.name().to_string(),
+                    SourceTopic {
+                        partitions: t.partitions().len() as i32,
+                        replication_factor,
+                        configs: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Adds each topic's config overrides, in one DescribeConfigs request.
+    pub async fn with_configs(
+        &self,
+        mut topics: BTreeMap<String, SourceTopic>,
+    ) -> Result<BTreeMap<String, SourceTopic>, ReplicationError> {
+        if topics.is_empty() {
+            return Ok(topics);
+        }
+        let resources: Vec<ResourceSpecifier<'_>> =
+            topics.keys().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+        let results = self
+            .admin
+            .describe_configs(&resources, &options)
+            .await
+            .map_err(|source| ReplicationError::Unreachable {
+                cluster: self.cluster.alias.clone(),
+                bootstrap: self.cluster.bootstrap_servers().to_string(),
+                source,
+            })?;
+        let described: Vec<_> = results.into_iter().flatten().collect();
+        for resource in described {
+            let rdkafka::admin::OwnedResourceSpecifier::Topic(name) = &resource.specifier else {
+                continue;
+            };
+            if let Some(topic) = topics.get_mut(name) {
+                topic.configs = resource
+                    .entries
+                    .iter()
+                    .filter(|e| e.source == ConfigSource::DynamicTopic)
+                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                    .collect();
+            }
+        }
+        Ok(topics)
+    }
+}
+
+/// Polls the source for topic changes and reports them to the flow.
+pub struct TopicDiscovery {
+    spec: Arc<FlowSpec>,
+    reader: Arc<TopicReader>,
+    known: BTreeMap<String, SourceTopic>,
+    subscriber: Recipient<Discovered>,
+}
+
+impl TopicDiscovery {
+    /// Creates the actor; it refreshes at once when started.
+    pub fn new(
+        spec: Arc<FlowSpec>,
+        subscriber: Recipient<Discovered>,
+    ) -> Result<Self, ReplicationError> {
+        Ok(Self {
+            reader: Arc::new(TopicReader::new(&spec.source)?),
+            spec,
+            known: BTreeMap::new(),
+            subscriber,
+        })
+    }
+
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let reader = Arc::clone(&self.reader);
+        let spec = Arc::clone(&self.spec);
+        let read = async move {
+            let topics = reader.selected_topics(&spec.topics).await?;
+            reader.with_configs(topics).await
+        };
+        ctx.wait(read.into_actor(self).map(|result, act, ctx| {
+            let next = match result {
+                Ok(current) => {
+                    let events = diff(&act.known, &current);
+                    act.known = current;
+                    act.subscriber.do_send(Discovered(Ok(events)));
+                    act.spec.topic_refresh_interval
+                }
+                Err(error) => {
+                    act.subscriber.do_send(Discovered(Err(error.to_string())));
+                    act.spec.topic_refresh_interval.min(RETRY_AFTER_FAILURE)
+                }
+            };
+            ctx.run_later(next, |act, ctx| act.refresh(ctx));
+        }));
+    }
+}
+
+impl Actor for TopicDiscovery {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.refresh(ctx);
+    }
+}
+
+/// Stops polling the source.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDiscovery;
+
+impl Handler<StopDiscovery> for TopicDiscovery {
+    type Result = ();
+    fn handle(&mut self, _: StopDiscovery, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(partitions: i32, configs: &[(&str, &str)]) -> SourceTopic {
+        SourceTopic {
+            partitions,
+            replication_factor: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn diff_reports_each_kind_of_change() {
+        let before = BTreeMap::from([
+            ("kept".to_string(), topic(2, &[])),
+            ("grown".to_string(), topic(2, &[])),
+            ("reconfigured".to_string(), topic(1, &[("retention.ms", "1")])),
+            ("deleted".to_string(), topic(1, &[])),
+        ]);
+        let after = BTreeMap::from([
+            ("kept".to_string(), topic(2, &[])),
+            ("grown".to_string(), topic(5, &[])),
+            ("reconfigured".to_string(), topic(1, &[("retention.ms", "2")])),
+            ("new".to_string(), topic(3, &[])),
+        ]);
+        let events = diff(&before, &after);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events.contains(&TopicEvent::PartitionsIncreased {
+            topic: "grown".into(),
+            from: 2,
+            info: topic(5, &[]),
+        }));
+        assert!(events.contains(&TopicEvent::ConfigChanged {
+            topic: "reconfigured".into(),
+            info: topic(1, &[("retention.ms", "2")]),
+        }));
+        assert!(events.contains(&TopicEvent::Added {
+            topic: "new".into(),
+            info: topic(3, &[]),
+        }));
+        assert!(events.contains(&TopicEvent::Removed {
+            topic: "deleted".into()
+        }));
+        assert!(diff(&after, &after).is_empty());
+    }
+}

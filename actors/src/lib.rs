@@ -19,6 +19,7 @@
 //! endpoints report), [`metrics`] (metric names), [`error`].
 
 pub mod batch;
+pub mod client;
 pub mod copier;
 pub mod destination;
 pub mod discovery;

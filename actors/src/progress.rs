@@ -20,6 +20,8 @@ pub struct PartitionProgress {
     inner: Mutex<Inner>,
     /// Records acknowledged by the destination, over the process lifetime.
     acked_records: AtomicU64,
+    /// Bytes of keys, values and headers acknowledged, over the process lifetime.
+    acked_bytes: AtomicU64,
     /// Source high watermark, as last reported by the consumer's statistics (-1: unknown).
     high_watermark: AtomicI64,
 }
@@ -76,6 +78,7 @@ impl PartitionProgress {
     pub fn register(
         self: &Arc<Self>,
         records: usize,
+        bytes: usize,
         first_offset: i64,
         next_offset: i64,
         last_timestamp: Option<i64>,
@@ -98,10 +101,11 @@ impl PartitionProgress {
             id,
             remaining: AtomicUsize::new(records),
             records: records as u64,
+            bytes: bytes as u64,
         })
     }
 
-    fn complete(&self, epoch: u64, id: u64, records: u64) {
+    fn complete(&self, epoch: u64, id: u64, records: u64, bytes: u64) {
         let mut inner = self.lock();
         if inner.epoch != epoch {
             return;
@@ -118,6 +122,7 @@ impl PartitionProgress {
             }
         }
         self.acked_records.fetch_add(records, Ordering::Relaxed);
+        self.acked_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn fail(&self, epoch: u64, failure: Failure) {
@@ -188,6 +193,11 @@ impl PartitionProgress {
         self.acked_records.load(Ordering::Relaxed)
     }
 
+    /// Bytes acknowledged since the process started.
+    pub fn acked_bytes(&self) -> u64 {
+        self.acked_bytes.load(Ordering::Relaxed)
+    }
+
     /// Source timestamp (ms) of the newest acknowledged record.
     pub fn last_acked_timestamp(&self) -> Option<i64> {
         self.lock().last_acked_timestamp
@@ -220,13 +230,14 @@ pub struct BatchAck {
     id: u64,
     remaining: AtomicUsize,
     records: u64,
+    bytes: u64,
 }
 
 impl BatchAck {
     /// One record of the batch was written.
     pub fn delivered(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.progress.complete(self.epoch, self.id, self.records);
+            self.progress.complete(self.epoch, self.id, self.records, self.bytes);
         }
     }
 
@@ -254,9 +265,9 @@ mod tests {
     #[test]
     fn committable_advances_only_over_the_acknowledged_prefix() {
         let p = PartitionProgress::new();
-        let a = p.register(2, 8, 10, None);
-        let b = p.register(3, 17, 20, None);
-        let c = p.register(1, 20, 21, None);
+        let a = p.register(2, 10, 8, 10, None);
+        let b = p.register(3, 10, 17, 20, None);
+        let c = p.register(1, 10, 20, 21, None);
         deliver_all(&c, 1);
         deliver_all(&b, 3);
         assert_eq!(p.committable(), Some(8), "batch a is still in flight");
@@ -272,8 +283,8 @@ mod tests {
     fn a_failure_holds_the_position_and_reset_ignores_old_acks() {
         let p = PartitionProgress::new();
         p.set_start(5);
-        let a = p.register(1, 5, 6, None);
-        let b = p.register(1, 6, 7, None);
+        let a = p.register(1, 10, 5, 6, None);
+        let b = p.register(1, 10, 6, 7, None);
         a.failed(5, "too large".into());
         b.delivered();
         assert_eq!(p.committable(), Some(5));
@@ -282,7 +293,7 @@ mod tests {
         assert_eq!(p.failure(), None);
         a.delivered();
         assert_eq!(p.committable(), Some(5), "acks from before the reset are ignored");
-        let c = p.register(2, 5, 7, None);
+        let c = p.register(2, 10, 5, 7, None);
         deliver_all(&c, 2);
         assert_eq!(p.committable(), Some(7));
     }
@@ -292,7 +303,7 @@ mod tests {
         let p = PartitionProgress::new();
         p.set_start(0);
         assert_eq!(p.uncommitted(), None);
-        let a = p.register(1, 0, 1, Some(1000));
+        let a = p.register(1, 10, 0, 1, Some(1000));
         a.delivered();
         assert_eq!(p.uncommitted(), Some(1));
         p.mark_committed(1);

@@ -1,1 +1,714 @@
-//! (being written)
+//! The source cluster's supervisor: one consumer-group member per flow.
+//!
+//! It owns the group consumer and starts one [`Copier`] per assigned
+//! partition, each on that partition's own queue. Because the partitions are
+//! those of a consumer group, several Strait instances with the same group id
+//! divide them between themselves.
+//!
+//! librdkafka runs rebalance callbacks on whichever thread polls the main
+//! queue. That is a dedicated thread here (the *driver*), never the actix
+//! arbiter: an assignment is split into queues there and handed to this actor;
+//! a revocation waits there until the copiers have stopped and their progress
+//! is committed, without ever blocking the arbiter the copiers run on.
+//!
+//! Progress is committed to the group every `commit_interval`, per partition,
+//! only up to the acknowledged prefix (see [`crate::progress`]), synchronously
+//! on revocation and on shutdown.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::{client_config, log_client_error, log_client_event};
+use crate::copier::{Copier, CopierParts, InjectedPanic, PartitionQueue, StopCopier};
+use crate::destination::Destination;
+use crate::error::ReplicationError;
+use crate::metrics::{self as names, labels};
+use crate::spec::{FlowSpec, StartFrom};
+use crate::status::{FlowStatus, PartitionState, PartitionStatus};
+
+/// The group consumer of a flow's source cluster.
+pub type SourceConsumer = StreamConsumer<SourceContext>;
+
+/// How often copiers are checked for a closed mailbox, and metrics published.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Consumer defaults, each overridable through `[clusters.NAME.kafka]`.
+fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
+    let refresh_ms = spec.topic_refresh_interval.as_millis().clamp(1_000, 300_000);
+    vec![
+        // Cooperative rebalancing moves only the partitions that change hands.
+        ("partition.assignment.strategy", "cooperative-sticky".into()),
+        // Split queues prefetch per partition: keep that bounded (librdkafka #4137).
+        ("queued.max.messages.kbytes", "16384".into()),
+        // Fresh high watermarks for lag.
+        ("statistics.interval.ms", "1000".into()),
+        // New partitions of subscribed topics are noticed this fast.
+        ("topic.metadata.refresh.interval.ms", refresh_ms.to_string()),
+        ("session.timeout.ms", "30000".into()),
+        // Records of aborted transactions are never copied.
+        ("isolation.level", "read_committed".into()),
+    ]
+}
+
+/// Consumer settings Strait's progress tracking depends on.
+fn consumer_forced(spec: &FlowSpec) -> Vec<(&'static str, String)> {
+    let reset = match spec.start_from {
+        StartFrom::Latest => "latest",
+        StartFrom::Earliest | StartFrom::Timestamp(_) => "earliest",
+    };
+    vec![
+        ("group.id", spec.group_id.clone()),
+        // Progress is committed only after the destination acknowledged it.
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("enable.partition.eof", "false".into()),
+        ("auto.offset.reset", reset.into()),
+    ]
+}
+
+/// Receives the consumer's callbacks on the driver thread.
+pub struct SourceContext {
+    cluster: String,
+    flow: Arc<FlowStatus>,
+    start_from: StartFrom,
+    consumer: OnceLock<Weak<SourceConsumer>>,
+    supervisor: OnceLock<Addr<Source>>,
+    /// Queues split in `pre_rebalance`, handed over in `post_rebalance`.
+    split: Mutex<Vec<AssignedPartition>>,
+    shutting_down: AtomicBool,
+}
+
+/// A newly assigned partition with its own queue.
+pub struct AssignedPartition {
+    /// Source topic.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Its queue.
+    pub queue: PartitionQueue,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_event(&self.cluster, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.cluster, &error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.hi_offset < 0 {
+                    continue;
+                }
+                if let Some(status) = self.flow.find_partition(topic, *partition) {
+                    status.progress.set_high_watermark(p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        match rebalance {
+            Rebalance::Assign(tpl) => self.split_queues(base, tpl),
+            Rebalance::Revoke(tpl) => self.revoke(base, tpl),
+            Rebalance::Error(error) => {
+                tracing::warn!(cluster = %self.cluster, error = %error, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Rebalance::Assign(_) = rebalance {
+            let assigned = std::mem::take(&mut *self.split.lock().unwrap_or_else(|e| e.into_inner()));
+            if assigned.is_empty() {
+                return;
+            }
+            if let StartFrom::Timestamp(ms) = self.start_from {
+                seek_to_timestamp(base, &assigned, ms, &self.cluster);
+            }
+            if let Some(supervisor) = self.supervisor.get() {
+                // Runs on the driver thread, never on the arbiter: safe to wait.
+                let _ = futures::executor::block_on(supervisor.send(Assigned(assigned)));
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let flow = self.flow.name().to_string();
+        match result {
+            Ok(()) => {
+                for e in offsets.elements() {
+                    if let (Offset::Offset(o), Some(status)) =
+                        (e.offset(), self.flow.find_partition(e.topic(), e.partition()))
+                    {
+                        status.progress.mark_committed(o);
+                    }
+                }
+                metrics::counter!(names::OFFSET_COMMITS, labels::FLOW => flow).increment(1);
+            }
+            Err(error) => {
+                tracing::warn!(flow, error = %error, "committing progress to the source failed; retrying at the next interval");
+                metrics::counter!(names::OFFSET_COMMIT_FAILURES, labels::FLOW => flow)
+                    .increment(1);
+            }
+        }
+    }
+}
+
+impl SourceContext {
+    fn split_queues(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let committed = base
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .ok();
+        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        for e in tpl.elements() {
+            let committed_offset = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(e.topic(), e.partition()))
+                .and_then(|c| match c.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            match consumer.split_partition_queue(e.topic(), e.partition()) {
+                Some(queue) => split.push(AssignedPartition {
+                    topic: e.topic().to_string(),
+                    partition: e.partition(),
+                    queue,
+                    committed: committed_offset,
+                }),
+                None => tracing::error!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "could not split the partition's queue; it will not be copied"
+                ),
+            }
+        }
+    }
+
+    fn revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(supervisor) = self.supervisor.get() else {
+            return;
+        };
+        let partitions = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        // Runs on the driver thread: waiting here holds the rebalance until the
+        // copiers have drained, which is what makes the commit below complete.
+        let Ok(offsets) = futures::executor::block_on(supervisor.send(Revoked(partitions))) else {
+            return;
+        };
+        commit_sync(base, &offsets, &self.flow, &self.cluster);
+    }
+}
+
+/// Commits `offsets` and waits for the answer.
+fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    offsets: &[(String, i32, i64)],
+    flow: &FlowStatus,
+    cluster: &str,
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            for (topic, partition, offset) in offsets {
+                if let Some(status) = flow.find_partition(topic, *partition) {
+                    status.progress.mark_committed(*offset);
+                }
+            }
+            tracing::info!(cluster, flow = flow.name(), partitions = offsets.len(), "committed progress");
+        }
+        Err(error) => tracing::warn!(
+            cluster,
+            flow = flow.name(),
+            error = %error,
+            "final commit of progress failed; those records will be copied again"
+        ),
+    }
+}
+
+fn seek_to_timestamp<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    assigned: &[AssignedPartition],
+    ms: i64,
+    cluster: &str,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for p in assigned.iter().filter(|p| p.committed.is_none()) {
+        let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(ms));
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    match consumer.offsets_for_times(tpl, Duration::from_secs(10)) {
+        Ok(found) => {
+            for e in found.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    // No record at or after the timestamp: start at the end.
+                    _ => Offset::End,
+                };
+                if let Err(error) =
+                    consumer.seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
+                {
+                    tracing::warn!(cluster, topic = e.topic(), partition = e.partition(), error = %error, "could not seek to start_from");
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(cluster, error = %error, "could not look up offsets for start_from")
+        }
+    }
+}
+
+/// A running copier and what the supervisor keeps of it.
+struct CopierEntry {
+    addr: Addr<Copier>,
+    status: Arc<PartitionStatus>,
+    injected_panic: Option<InjectedPanic>,
+}
+
+/// Supervises the source side of one flow.
+pub struct Source {
+    spec: Arc<FlowSpec>,
+    flow: Arc<FlowStatus>,
+    consumer: Arc<SourceConsumer>,
+    destination: Addr<Destination>,
+    copiers: HashMap<(Arc<str>, i32), CopierEntry>,
+    subscription: BTreeSet<String>,
+    driver_stop: Arc<AtomicBool>,
+    driver: Option<JoinHandle<()>>,
+    published: HashMap<(Arc<str>, i32), (u64, u64)>,
+    stopping: bool,
+}
+
+impl Source {
+    /// Creates the group consumer and starts the supervisor and its driver thread.
+    pub fn start(
+        spec: Arc<FlowSpec>,
+        flow: Arc<FlowStatus>,
+        destination: Addr<Destination>,
+    ) -> Result<Addr<Self>, ReplicationError> {
+        let context = SourceContext {
+            cluster: spec.source.alias.clone(),
+            flow: Arc::clone(&flow),
+            start_from: spec.start_from,
+            consumer: OnceLock::new(),
+            supervisor: OnceLock::new(),
+            split: Mutex::new(Vec::new()),
+            shutting_down: AtomicBool::new(false),
+        };
+        let consumer: SourceConsumer = client_config(
+            &spec.source,
+            &consumer_defaults(&spec),
+            &consumer_forced(&spec),
+        )
+        .create_with_context(context)
+        .map_err(|source| ReplicationError::ClientCreation {
+            cluster: spec.source.alias.clone(),
+            source,
+        })?;
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+
+        let driver_stop = Arc::new(AtomicBool::new(false));
+        let source = Self {
+            spec,
+            flow,
+            consumer: Arc::clone(&consumer),
+            destination,
+            copiers: HashMap::new(),
+            subscription: BTreeSet::new(),
+            driver_stop: Arc::clone(&driver_stop),
+            driver: None,
+            published: HashMap::new(),
+            stopping: false,
+        };
+        let addr = source.start();
+        let _ = consumer.context().supervisor.set(addr.clone());
+        let driver = spawn_driver(Arc::clone(&consumer), driver_stop)?;
+        addr.do_send(SetDriver(driver));
+        Ok(addr)
+    }
+
+    fn start_copier(&mut self, topic: &str, partition: i32, queue: PartitionQueue, committed: Option<i64>) {
+        let destination_topic = self.spec.destination_topic(topic);
+        let status = self.flow.partition(topic, partition, &destination_topic);
+        if let Some(offset) = committed {
+            status.progress.set_start(offset);
+        }
+        let key: (Arc<str>, i32) = (Arc::from(topic), partition);
+        let injected_panic = self
+            .copiers
+            .get(&key)
+            .and_then(|c| c.injected_panic.clone())
+            .or_else(|| self.injected_panic_for(topic, partition));
+        let addr = Copier::start(CopierParts {
+            flow: Arc::from(self.spec.name.as_str()),
+            topic: Arc::clone(&key.0),
+            partition,
+            destination_topic: Arc::from(destination_topic.as_str()),
+            queue,
+            consumer: Arc::clone(&self.consumer),
+            destination: self.destination.clone(),
+            status: Arc::clone(&status),
+            tuning: self.spec.tuning.clone(),
+            injected_panic: injected_panic.clone(),
+        });
+        self.copiers.insert(
+            key,
+            CopierEntry {
+                addr,
+                status,
+                injected_panic,
+            },
+        );
+    }
+
+    fn injected_panic_for(&self, topic: &str, partition: i32) -> Option<InjectedPanic> {
+        let (t, p, offset, times) = self.spec.faults.copier_panic_at.as_ref()?;
+        (t == topic && *p == partition).then(|| InjectedPanic {
+            offset: *offset,
+            remaining: Arc::new(AtomicU32::new(*times)),
+        })
+    }
+
+    /// Stops the given copiers and answers with what they acknowledged.
+    fn stop_copiers(
+        &mut self,
+        keys: Vec<(Arc<str>, i32)>,
+    ) -> impl std::future::Future<Output = Vec<(String, i32, i64)>> {
+        let timeout = self.spec.tuning.shutdown_timeout;
+        let stopping: Vec<_> = keys
+            .into_iter()
+            .filter_map(|key| self.copiers.remove(&key).map(|c| (key, c)))
+            .collect();
+        async move {
+            let answers = futures::future::join_all(stopping.iter().map(|(_, c)| {
+                c.addr.send(StopCopier { timeout })
+            }))
+            .await;
+            stopping
+                .iter()
+                .zip(answers)
+                .filter_map(|((key, c), answer)| {
+                    // A copier that is gone still left its progress behind.
+                    let offset = answer.ok().flatten().or_else(|| c.status.progress.committable())?;
+                    Some((key.0.to_string(), key.1, offset))
+                })
+                .collect()
+        }
+    }
+
+    fn commit_async(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), c) in &self.copiers {
+            if let Some(offset) = c.status.progress.uncommitted() {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(flow = %self.spec.name, error = %error, "could not commit progress");
+            }
+        }
+    }
+
+    /// Restarts copiers whose mailbox closed: actix does not restart an actor
+    /// that panicked outside its guarded loop.
+    fn revive_dead_copiers(&mut self) {
+        let dead: Vec<_> = self
+            .copiers
+            .iter()
+            .filter(|(_, c)| !c.addr.connected())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (topic, partition) in dead {
+            let Some(queue) = self.consumer.split_partition_queue(&topic, partition) else {
+                continue;
+            };
+            if let Some(c) = self.copiers.get(&(Arc::clone(&topic), partition)) {
+                c.status.record_failure("the copier stopped unexpectedly".to_string());
+                c.status.progress.reset();
+                if let Some(offset) = c.status.progress.committable() {
+                    let _ = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO);
+                }
+            }
+            tracing::error!(flow = %self.spec.name, topic = %topic, partition, "copier stopped unexpectedly; starting a new one");
+            self.start_copier(&topic, partition, queue, None);
+        }
+    }
+
+    fn publish_metrics(&mut self) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let flow = self.spec.name.clone();
+        let cluster = self.spec.source.alias.clone();
+        for (key, c) in &self.copiers {
+            let labels = [
+                (labels::FLOW, flow.clone()),
+                (labels::TOPIC, key.0.to_string()),
+                (labels::PARTITION, key.1.to_string()),
+            ];
+            let progress = &c.status.progress;
+            let (records, bytes) = (progress.acked_records(), progress.acked_bytes());
+            let last = self.published.entry(key.clone()).or_insert((0, 0));
+            let counter_labels = [
+                (labels::FLOW, flow.clone()),
+                (labels::SOURCE_CLUSTER, cluster.clone()),
+                (labels::TOPIC, key.0.to_string()),
+                (labels::PARTITION, key.1.to_string()),
+            ];
+            metrics::counter!(names::RECORDS_REPLICATED, &counter_labels)
+                .increment(records.saturating_sub(last.0));
+            metrics::counter!(names::BYTES_REPLICATED, &counter_labels)
+                .increment(bytes.saturating_sub(last.1));
+            *last = (records, bytes);
+            if let Some(lag) = progress.lag() {
+                metrics::gauge!(names::REPLICATION_LAG_RECORDS, &labels).set(lag as f64);
+                let seconds = match (lag, progress.last_acked_timestamp()) {
+                    (0, _) | (_, None) => 0.0,
+                    (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1000.0,
+                };
+                metrics::gauge!(names::REPLICATION_LAG_SECONDS, &labels).set(seconds);
+            }
+        }
+        metrics::gauge!(names::PARTITIONS_ASSIGNED, labels::FLOW => flow)
+            .set(self.copiers.len() as f64);
+    }
+}
+
+fn spawn_driver(
+    consumer: Arc<SourceConsumer>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, ReplicationError> {
+    let name = format!("strait-source-{}", consumer.context().cluster);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || drive(consumer, stop))
+        .map_err(|_| ReplicationError::ActorGone {
+            actor: "source driver thread",
+        })
+}
+
+/// Polls the consumer's main queue so that rebalances and statistics are
+/// served. Every assigned partition has its own queue, so records only show
+/// up here if a partition could not be split.
+fn drive(consumer: Arc<SourceConsumer>, stop: Arc<AtomicBool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot start the source driver");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        while !stop.load(Ordering::SeqCst) {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+                Err(_idle) => {}
+                Ok(Ok(m)) => tracing::error!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "record arrived outside its partition queue; it is not copied by this instance"
+                ),
+                Ok(Err(error)) => {
+                    tracing::warn!(cluster = %consumer.context().cluster, error = %error, "source consumer error")
+                }
+            }
+        }
+    });
+}
+
+impl Actor for Source {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.spec.tuning.commit_interval, |act, _| {
+            if !act.stopping {
+                act.commit_async();
+            }
+        });
+        ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
+            if !act.stopping {
+                act.revive_dead_copiers();
+            }
+            act.publish_metrics();
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SetDriver(JoinHandle<()>);
+
+impl Handler<SetDriver> for Source {
+    type Result = ();
+    fn handle(&mut self, SetDriver(handle): SetDriver, _: &mut Context<Self>) {
+        self.driver = Some(handle);
+    }
+}
+
+/// Partitions newly assigned to this instance (from the driver thread).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assigned(pub Vec<AssignedPartition>);
+
+impl Handler<Assigned> for Source {
+    type Result = ();
+
+    fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        metrics::counter!(names::REBALANCES, labels::FLOW => self.spec.name.clone()).increment(1);
+        for p in partitions {
+            tracing::info!(flow = %self.spec.name, topic = %p.topic, partition = p.partition, committed = ?p.committed, "partition assigned");
+            self.start_copier(&p.topic, p.partition, p.queue, p.committed);
+        }
+    }
+}
+
+/// Partitions taken away from this instance (from the driver thread). Answered
+/// with the offsets to commit once their copiers have drained.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, i32, i64)>")]
+pub struct Revoked(pub Vec<(String, i32)>);
+
+impl Handler<Revoked> for Source {
+    type Result = ResponseActFuture<Self, Vec<(String, i32, i64)>>;
+
+    fn handle(&mut self, Revoked(partitions): Revoked, _: &mut Context<Self>) -> Self::Result {
+        let keys: Vec<_> = partitions
+            .iter()
+            .map(|(t, p)| (Arc::from(t.as_str()), *p))
+            .collect();
+        for (t, p) in &partitions {
+            tracing::info!(flow = %self.spec.name, topic = %t, partition = p, "partition revoked");
+        }
+        let stopped = self.stop_copiers(keys);
+        Box::pin(stopped.into_actor(self).map(|offsets, act, _| {
+            for (topic, partition, _) in &offsets {
+                act.flow.remove_partition(topic, *partition);
+                act.published.remove(&(Arc::from(topic.as_str()), *partition));
+            }
+            offsets
+        }))
+    }
+}
+
+/// The topics the group consumer should read, replacing the previous set.
+#[derive(Message)]
+#[rtype(result = "Result<(), ReplicationError>")]
+pub struct Subscribe(pub BTreeSet<String>);
+
+impl Handler<Subscribe> for Source {
+    type Result = Result<(), ReplicationError>;
+
+    fn handle(&mut self, Subscribe(topics): Subscribe, _: &mut Context<Self>) -> Self::Result {
+        if self.stopping || topics == self.subscription {
+            return Ok(());
+        }
+        let result = if topics.is_empty() {
+            self.consumer.unsubscribe();
+            Ok(())
+        } else {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            self.consumer.subscribe(&names)
+        };
+        result.map_err(|source| ReplicationError::Subscribe {
+            cluster: self.spec.source.alias.clone(),
+            source,
+        })?;
+        tracing::info!(flow = %self.spec.name, topics = ?topics, "subscribed");
+        self.subscription = topics;
+        Ok(())
+    }
+}
+
+/// Stops every copier, commits what was acknowledged, leaves the group.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopSource;
+
+impl Handler<StopSource> for Source {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopSource, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        // From here on, rebalance callbacks (e.g. when the consumer closes)
+        // must not wait on this actor.
+        self.consumer
+            .context()
+            .shutting_down
+            .store(true, Ordering::SeqCst);
+        let keys: Vec<_> = self.copiers.keys().cloned().collect();
+        let stopped = self.stop_copiers(keys);
+        Box::pin(stopped.into_actor(self).then(|offsets, act, _| {
+            let consumer = Arc::clone(&act.consumer);
+            let flow = Arc::clone(&act.flow);
+            let cluster = act.spec.source.alias.clone();
+            let stop = Arc::clone(&act.driver_stop);
+            let driver = act.driver.take();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
+                    for p in flow.partitions() {
+                        p.set_state(PartitionState::Stopped);
+                    }
+                    stop.store(true, Ordering::SeqCst);
+                    if let Some(driver) = driver {
+                        let _ = driver.join();
+                    }
+                    consumer.unsubscribe();
+                })
+                .await;
+            }
+            .into_actor(act)
+            .map(|_, act, ctx| {
+                act.publish_metrics();
+                ctx.stop();
+            })
+        }))
+    }
+}

@@ -1,0 +1,76 @@
+//! Building rdkafka clients for a cluster: defaults, user properties, and the
+//! settings Strait's guarantees depend on, in that order of precedence.
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+
+use crate::spec::ClusterSpec;
+
+/// A client config for `cluster`: `defaults` first, then the user's
+/// properties (which may override any default), then `forced`, which the
+/// user may not change because correctness depends on them.
+pub fn client_config(
+    cluster: &ClusterSpec,
+    defaults: &[(&str, String)],
+    forced: &[(&str, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in defaults {
+        config.set(*k, v.as_str());
+    }
+    for (k, v) in &cluster.properties {
+        config.set(k.as_str(), v.as_str());
+    }
+    for (k, v) in forced {
+        if let Some(user) = cluster.properties.get(*k) {
+            if user != v {
+                tracing::warn!(
+                    cluster = %cluster.alias,
+                    property = *k,
+                    "ignoring the configured value of `{k}`: Strait needs `{v}` here"
+                );
+            }
+        }
+        config.set(*k, v.as_str());
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Routes librdkafka's logs and errors into `tracing`, tagged with the cluster.
+pub fn log_client_event(cluster: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(cluster, facility, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(cluster, facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(cluster, facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(cluster, facility, "{message}"),
+    }
+}
+
+/// Logs a client-level error (e.g. all brokers down): these are transient,
+/// librdkafka keeps retrying.
+pub fn log_client_error(cluster: &str, error: &KafkaError, reason: &str) {
+    tracing::warn!(cluster, error = %error, "{reason}");
+}
+
+/// A client context that only routes logs, for admin clients.
+#[derive(Clone, Debug)]
+pub struct LoggingContext {
+    /// The cluster's alias.
+    pub cluster: String,
+}
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_event(&self.cluster, level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.cluster, &error, reason);
+    }
+}
