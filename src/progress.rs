@@ -220,12 +220,14 @@ fn bytes(n: u64) -> String {
 /// `1234567` as `1,234,567`.
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
+    let head = digits.len() % 3;
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+    out.push_str(&digits[..head]);
+    for start in (head..digits.len()).step_by(3) {
+        if !out.is_empty() {
             out.push(',');
         }
-        out.push(c);
+        out.push_str(&digits[start..start + 3]);
     }
     out
 }
