@@ -197,6 +197,18 @@ impl TopicReader {
     }
 }
 
+fn keep_known_configs(
+    mut topics: BTreeMap<String, SourceTopic>,
+    known: &BTreeMap<String, SourceTopic>,
+) -> BTreeMap<String, SourceTopic> {
+    for (name, topic) in &mut topics {
+        if let Some(old) = known.get(name) {
+            topic.configs = old.configs.clone();
+        }
+    }
+    topics
+}
+
 /// Polls the source for topic changes and reports them to the flow.
 pub struct TopicDiscovery {
     spec: Arc<FlowSpec>,
@@ -222,11 +234,20 @@ impl TopicDiscovery {
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let reader = Arc::clone(&self.reader);
         let spec = Arc::clone(&self.spec);
+        let known = self.known.clone();
         let read = async move {
             let topics = reader.selected_topics(&spec.topics).await?;
-            reader.with_configs(topics).await
+            match reader.with_configs(topics.clone()).await {
+                Ok(with_configs) => Ok(with_configs),
+                Err(error) => {
+                    // Configs only matter for creating and syncing topics: keep
+                    // copying with what was last known rather than stopping.
+                    tracing::warn!(flow = %spec.name, error = %error, "cannot read source topic configs; using the last known ones");
+                    Ok(keep_known_configs(topics, &known))
+                }
+            }
         };
-        ctx.wait(read.into_actor(self).map(|result, act, ctx| {
+        ctx.wait(read.into_actor(self).map(|result: Result<_, ReplicationError>, act, ctx| {
             let next = match result {
                 Ok(current) => {
                     let events = diff(&act.known, &current);

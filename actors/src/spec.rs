@@ -49,6 +49,8 @@ impl fmt::Debug for ClusterSpec {
 pub struct TopicSelector {
     include: Vec<Regex>,
     exclude: Vec<Regex>,
+    include_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
 }
 
 impl TopicSelector {
@@ -70,7 +72,19 @@ impl TopicSelector {
         Ok(Self {
             include: compile(include, key.to_string())?,
             exclude: compile(exclude, format!("{key}_exclude"))?,
+            include_patterns: include.to_vec(),
+            exclude_patterns: exclude.to_vec(),
         })
+    }
+
+    /// The include patterns as written in the config.
+    pub fn include_patterns(&self) -> &[String] {
+        &self.include_patterns
+    }
+
+    /// The exclude patterns as written in the config.
+    pub fn exclude_patterns(&self) -> &[String] {
+        &self.exclude_patterns
     }
 
     /// True when the topic is one this flow copies.
