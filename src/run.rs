@@ -1,1 +1,160 @@
-//! (being written)
+//! `strait run`: the long-running service.
+//!
+//! Starts the HTTP server and every flow inside one actix System, then waits
+//! for SIGINT or SIGTERM. On the first signal every flow delivers what is in
+//! flight and commits its progress, within `shutdown_timeout`; a second signal
+//! exits at once (what was not committed is copied again on the next start).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use strait_actors::{FlowSupervisor, StatusBoard, StopFlow};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Settings;
+use crate::progress::{startup_summary, spawn_progress_line, ClusterSummary, FlowSummary};
+use crate::{http, telemetry};
+
+/// How often the progress line is printed on a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Extra time, beyond `shutdown_timeout`, for the last commit and flush.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs until a signal stops it. Returns an error for fatal start-up problems.
+pub fn run(mut settings: Settings) -> anyhow::Result<()> {
+    telemetry::init_logging(&settings.log.level, settings.log.format)?;
+    let metrics = telemetry::install_metrics_recorder()?;
+    apply_fault_injection(&mut settings)?;
+    let system = actix::System::new();
+    system.block_on(service(settings, metrics))
+}
+
+async fn service(
+    settings: Settings,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let board = StatusBoard::new();
+    let (listener, bound) = http::bind(settings.http.listen).await?;
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = actix_rt::spawn(http::serve_on(
+        listener,
+        Arc::clone(&board),
+        metrics,
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+
+    println!("{}", summary(&settings, bound));
+
+    let mut flows = Vec::with_capacity(settings.flows.len());
+    for spec in settings.flows.iter().cloned() {
+        let name = spec.name.clone();
+        let flow = FlowSupervisor::start(spec, &board)
+            .with_context(|| format!("cannot start flow `{name}`"))?;
+        flows.push(flow);
+    }
+    let progress = spawn_progress_line(Arc::clone(&board), PROGRESS_EVERY);
+
+    let which = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = which,
+        timeout = ?settings.shutdown_timeout,
+        "stopping: delivering in-flight records and committing progress"
+    );
+    // A second signal means "now": skip the drain.
+    actix_rt::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+        eprintln!("strait: second signal, exiting without waiting for in-flight records");
+        std::process::exit(130);
+    });
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+
+    let stops = join_all(flows.iter().map(|f| f.send(StopFlow)));
+    if tokio::time::timeout(settings.shutdown_timeout + SHUTDOWN_GRACE, stops)
+        .await
+        .is_err()
+    {
+        tracing::warn!("flows did not stop within shutdown_timeout; uncommitted records will be copied again on restart");
+    }
+    let _ = http_stop.send(());
+    let _ = http.await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn summary(settings: &Settings, http: std::net::SocketAddr) -> String {
+    let clusters: Vec<ClusterSummary<'_>> = settings
+        .clusters
+        .values()
+        .map(|c| ClusterSummary {
+            alias: &c.alias,
+            bootstrap_servers: c.bootstrap_servers(),
+        })
+        .collect();
+    let flows: Vec<FlowSummary<'_>> = settings
+        .flows
+        .iter()
+        .map(|f| FlowSummary {
+            name: &f.name,
+            source: &f.source.alias,
+            destination: &f.destination.alias,
+            topics: f.topics.include_patterns(),
+            topics_exclude: f.topics.exclude_patterns(),
+        })
+        .collect();
+    startup_summary(&clusters, &flows, Some(http))
+}
+
+/// Reads `STRAIT_FAULTS`, a test-only hook that makes failures happen on
+/// purpose: `copier_panic_at=TOPIC:PARTITION:OFFSET:TIMES` panics the copier
+/// of that partition when it reads that offset, the first TIMES times.
+fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
+    let Ok(faults) = std::env::var("STRAIT_FAULTS") else {
+        return Ok(());
+    };
+    for fault in faults.split(',').filter(|f| !f.is_empty()) {
+        let (kind, value) = fault
+            .split_once('=')
+            .with_context(|| format!("STRAIT_FAULTS: `{fault}` is not KIND=VALUE"))?;
+        match kind {
+            "copier_panic_at" => {
+                let parts: Vec<&str> = value.rsplitn(4, ':').collect();
+                let parse = || -> Option<(String, i32, i64, u32)> {
+                    match parts.as_slice() {
+                        [times, offset, partition, topic] => Some((
+                            (*topic).to_string(),
+                            partition.parse().ok()?,
+                            offset.parse().ok()?,
+                            times.parse().ok()?,
+                        )),
+                        _ => None,
+                    }
+                };
+                let at = parse().with_context(|| {
+                    format!("STRAIT_FAULTS: copier_panic_at=`{value}` is not TOPIC:PARTITION:OFFSET:TIMES")
+                })?;
+                tracing::warn!(?at, "fault injection enabled: a copier will panic on purpose");
+                for flow in &mut settings.flows {
+                    flow.faults.copier_panic_at = Some(at.clone());
+                }
+            }
+            other => anyhow::bail!("STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at"),
+        }
+    }
+    Ok(())
+}

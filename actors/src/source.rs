@@ -27,7 +27,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -159,27 +159,6 @@ impl ConsumerContext for SourceContext {
             }
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let flow = self.flow.name().to_string();
-        match result {
-            Ok(()) => {
-                for e in offsets.elements() {
-                    if let (Offset::Offset(o), Some(status)) =
-                        (e.offset(), self.flow.find_partition(e.topic(), e.partition()))
-                    {
-                        status.progress.mark_committed(o);
-                    }
-                }
-                metrics::counter!(names::OFFSET_COMMITS, labels::FLOW => flow).increment(1);
-            }
-            Err(error) => {
-                tracing::warn!(flow, error = %error, "committing progress to the source failed; retrying at the next interval");
-                metrics::counter!(names::OFFSET_COMMIT_FAILURES, labels::FLOW => flow)
-                    .increment(1);
-            }
-        }
-    }
 }
 
 impl SourceContext {
@@ -233,15 +212,17 @@ impl SourceContext {
     }
 }
 
-/// Commits `offsets` and waits for the answer.
+/// Commits `offsets` and waits for the answer. (librdkafka reports async
+/// manual commits only to an `offset_commit_cb`, which rust-rdkafka does not
+/// set, so commits are synchronous, off the arbiter.) True on success.
 fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     offsets: &[(String, i32, i64)],
     flow: &FlowStatus,
     cluster: &str,
-) {
+) -> bool {
     if offsets.is_empty() {
-        return;
+        return true;
     }
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
@@ -254,14 +235,22 @@ fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
                     status.progress.mark_committed(*offset);
                 }
             }
-            tracing::info!(cluster, flow = flow.name(), partitions = offsets.len(), "committed progress");
+            tracing::debug!(cluster, flow = flow.name(), partitions = offsets.len(), "committed progress");
+            metrics::counter!(names::OFFSET_COMMITS, labels::FLOW => flow.name().to_string())
+                .increment(1);
+            true
         }
-        Err(error) => tracing::warn!(
-            cluster,
-            flow = flow.name(),
-            error = %error,
-            "final commit of progress failed; those records will be copied again"
-        ),
+        Err(error) => {
+            tracing::warn!(
+                cluster,
+                flow = flow.name(),
+                error = %error,
+                "committing progress to the source failed; retrying at the next interval (records after the last commit are copied again if Strait stops first)"
+            );
+            metrics::counter!(names::OFFSET_COMMIT_FAILURES, labels::FLOW => flow.name().to_string())
+                .increment(1);
+            false
+        }
     }
 }
 
@@ -317,6 +306,7 @@ pub struct Source {
     driver_stop: Arc<AtomicBool>,
     driver: Option<JoinHandle<()>>,
     published: HashMap<(Arc<str>, i32), (u64, u64)>,
+    committing: bool,
     stopping: bool,
 }
 
@@ -360,6 +350,7 @@ impl Source {
             driver_stop: Arc::clone(&driver_stop),
             driver: None,
             published: HashMap::new(),
+            committing: false,
             stopping: false,
         };
         let addr = source.start();
@@ -438,18 +429,30 @@ impl Source {
         }
     }
 
-    fn commit_async(&self) {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), c) in &self.copiers {
-            if let Some(offset) = c.status.progress.uncommitted() {
-                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
-            }
+    /// Commits what was acknowledged since the last commit, on a blocking
+    /// thread; one commit at a time.
+    fn commit_progress(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.stopping {
+            return;
         }
-        if tpl.count() > 0 {
-            if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(flow = %self.spec.name, error = %error, "could not commit progress");
-            }
+        let offsets: Vec<(String, i32, i64)> = self
+            .copiers
+            .iter()
+            .filter_map(|((topic, partition), c)| {
+                Some((topic.to_string(), *partition, c.status.progress.uncommitted()?))
+            })
+            .collect();
+        if offsets.is_empty() {
+            return;
         }
+        self.committing = true;
+        let consumer = Arc::clone(&self.consumer);
+        let flow = Arc::clone(&self.flow);
+        let cluster = self.spec.source.alias.clone();
+        let commit = tokio::task::spawn_blocking(move || {
+            commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
+        });
+        ctx.spawn(commit.into_actor(self).map(|_, act, _| act.committing = false));
     }
 
     /// Restarts copiers whose mailbox closed: actix does not restart an actor
@@ -564,10 +567,8 @@ impl Actor for Source {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.spec.tuning.commit_interval, |act, _| {
-            if !act.stopping {
-                act.commit_async();
-            }
+        ctx.run_interval(self.spec.tuning.commit_interval, |act, ctx| {
+            act.commit_progress(ctx);
         });
         ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
             if !act.stopping {
