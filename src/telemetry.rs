@@ -20,15 +20,7 @@ use strait_actors::metrics as names;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
-/// How log lines look. (Defined here until `crate::config` has its own.)
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable text; coloured when stderr is a terminal.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::config::LogFormat;
 
 /// Bucket upper bounds, in seconds, for latency histograms: 1 ms .. 60 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
