@@ -129,6 +129,30 @@ fn attribute(error: ConfigError, origins: &BTreeMap<String, String>) -> ConfigEr
 
 /// The `config` crate's error, as a [`ConfigError`] that names the key.
 fn translate(error: config::ConfigError, format: Format) -> ConfigError {
+    without_kafka_values(translate_raw(error, format))
+}
+
+/// A value under `clusters.NAME.kafka` may be a password, even one misplaced
+/// by an environment variable: drop the "found ..." part that would quote it.
+fn without_kafka_values(error: ConfigError) -> ConfigError {
+    match error {
+        ConfigError::Invalid { key, message } if is_kafka_key(&key) => {
+            let message = match message.split_once(", found ") {
+                Some((expected, _)) => expected.to_string(),
+                None => message,
+            };
+            ConfigError::Invalid { key, message }
+        }
+        other => other,
+    }
+}
+
+fn is_kafka_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.splitn(4, '.').collect();
+    matches!(parts.as_slice(), ["clusters", _, k, ..] if k.starts_with("kafka"))
+}
+
+fn translate_raw(error: config::ConfigError, format: Format) -> ConfigError {
     use config::ConfigError as E;
     match error {
         E::FileParse { cause, .. } => ConfigError::Syntax {
