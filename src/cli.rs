@@ -20,21 +20,23 @@ pub struct Cli {
 /// Strait's commands.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// Run every flow in the config until SIGINT or SIGTERM.
+    /// Run every flow in the config until SIGINT or SIGTERM
     Run {
         /// The config file (TOML, or YAML/JSON by extension).
         #[arg(short, long, env = "STRAIT_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate the config, connect to every cluster and print what each flow
-    /// would replicate and where; copies nothing.
-    /// Exit code 0: all good; 1: a cluster or topic problem; 2: a bad config.
+    /// Validate the config, connect to every cluster, print what would be replicated
+    ///
+    /// Copies nothing. Exit code 0: all good; 1: a cluster or topic problem;
+    /// 2: a bad config.
     Check {
         /// The config file (TOML, or YAML/JSON by extension).
         #[arg(short, long, env = "STRAIT_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Compare source and destination topics partition by partition.
+    /// Compare source and destination topics partition by partition
+    ///
     /// Exit code 0: in sync; 1: a mismatch; 2: a bad config.
     Verify {
         /// The config file (TOML, or YAML/JSON by extension).
