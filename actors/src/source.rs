@@ -52,8 +52,10 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
     vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        // Split queues prefetch per partition: keep that bounded (librdkafka #4137).
-        ("queued.max.messages.kbytes", "16384".into()),
+        // With split queues this bound applies per partition (librdkafka #4137):
+        // 4 MB keeps a 1,000-partition flow's prefetch to a few GB at worst
+        // while leaving each partition several batches of read-ahead.
+        ("queued.max.messages.kbytes", "4096".into()),
         // Fresh high watermarks for lag.
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
