@@ -51,7 +51,7 @@ async fn service(
         },
     ));
 
-    println!("{}", summary(&settings, bound));
+    print!("{}", summary(&settings, bound));
 
     let mut flows = Vec::with_capacity(settings.flows.len());
     for spec in settings.flows.iter().cloned() {
