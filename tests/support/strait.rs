@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,8 @@ pub struct Strait {
     shutdown_timeout: Duration,
     child: Mutex<Option<Child>>,
     runs: usize,
+    /// Set once a panic message already carries the log tail.
+    log_shown: AtomicBool,
 }
 
 impl Strait {
@@ -204,6 +207,7 @@ impl Strait {
             shutdown_timeout: config.shutdown_timeout(),
             child: Mutex::new(None),
             runs: 0,
+            log_shown: AtomicBool::new(false),
         };
         s.spawn();
         s
@@ -293,6 +297,7 @@ impl Strait {
 
     /// Panics with `msg`, the log's path and its tail.
     pub fn fail(&self, msg: &str) -> ! {
+        self.log_shown.store(true, Ordering::Relaxed);
         panic!(
             "{msg}\n--- {} log: {} (last {TAIL_LINES} lines) ---\n{}",
             self.name,
@@ -473,13 +478,17 @@ impl Drop for Strait {
         }
         if std::thread::panicking() {
             let dir = self.dir.take().map(TempDir::keep);
-            eprintln!(
-                "--- {} log (kept in {}): {} (last {TAIL_LINES} lines) ---\n{}",
-                self.name,
-                dir.as_deref().unwrap_or(&self.dir_path).display(),
-                self.log_path.display(),
-                self.log_tail(TAIL_LINES)
-            );
+            let dir = dir.as_deref().unwrap_or(&self.dir_path).display();
+            if self.log_shown.load(Ordering::Relaxed) {
+                eprintln!("--- {} log kept in {dir} ---", self.name);
+            } else {
+                eprintln!(
+                    "--- {} log (kept in {dir}): {} (last {TAIL_LINES} lines) ---\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    self.log_tail(TAIL_LINES)
+                );
+            }
         }
     }
 }
