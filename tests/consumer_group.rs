@@ -31,7 +31,7 @@ fn id_records(first_id: u64, count: u64, partitions: i32) -> Vec<Out> {
 }
 
 #[test]
-fn sigterm_exits_0_with_committed_offsets_equal_to_records_replicated() {
+fn sigterm_exits_0_with_committed_offsets_equal_to_records_replicated_and_status_shows_no_lag() {
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("stop");
@@ -52,6 +52,28 @@ fn sigterm_exits_0_with_committed_offsets_equal_to_records_replicated() {
     let config = Config::new(src, dst, &[&topic], &unique_name("strait.stop"));
     let mut strait = Strait::start("strait", &config);
     strait.wait_for_copy(dst, &topic, partitions, records.len() as i64, WAIT);
+    // /status agrees: every partition replicated up to its end, no lag.
+    wait_until(
+        "/status to report every partition replicated to its end with no lag",
+        WAIT,
+        || {
+            let parts: Vec<_> = strait
+                .active_partitions()?
+                .into_iter()
+                .filter(|p| p.topic == topic)
+                .collect();
+            let done = parts.len() == counts.len()
+                && parts.iter().all(|p| {
+                    p.replicated_offset == Some(counts[p.partition as usize] as i64)
+                        && p.lag_records == Some(0)
+                });
+            if done {
+                Ok(())
+            } else {
+                Err(strait.status_summary())
+            }
+        },
+    );
     strait.stop(); // asserts exit code 0
 
     let copied: Vec<i64> = watermarks(dst, &topic, partitions)
