@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::destination::{Destination, Ensured, Flush, TopicAdmin, TopicPlan};
+use crate::destination::{Destination, Flush};
+use crate::topic_admin::{Ensured, TopicAdmin, TopicPlan};
 use crate::discovery::{Discovered, SourceTopic, StopDiscovery, TopicDiscovery, TopicEvent};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};

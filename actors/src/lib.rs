@@ -11,7 +11,8 @@
 //! - [`copier`]: one per assigned partition. Reads its partition queue, packs
 //!   records into batches and sends them to the destination, one at a time.
 //! - [`destination`]: the destination cluster's supervisor. Owns the producer and
-//!   admin client, creates topics, and writes batches through a bounded mailbox.
+//!   writes batches through a bounded mailbox; [`topic_admin`] creates and grows
+//!   destination topics beside it.
 //! - [`flow`]: wires one flow together and turns topic events into actions.
 //!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
@@ -30,6 +31,7 @@ pub mod progress;
 pub mod source;
 pub mod spec;
 pub mod status;
+pub mod topic_admin;
 
 pub use error::{ReplicationError, SpecError};
 pub use flow::{FlowSupervisor, StopFlow};
