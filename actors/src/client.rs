@@ -56,6 +56,10 @@ pub fn log_client_event(cluster: &str, level: RDKafkaLogLevel, facility: &str, m
 /// Logs a client-level error (e.g. all brokers down): these are transient,
 /// librdkafka keeps retrying.
 pub fn log_client_error(cluster: &str, error: &KafkaError, reason: &str) {
+    // End of partition is news only to readers that asked for it.
+    if matches!(error, KafkaError::PartitionEOF(_)) {
+        return;
+    }
     tracing::warn!(cluster, error = %error, "{reason}");
 }
 
@@ -74,3 +78,6 @@ impl ClientContext for LoggingContext {
         log_client_error(&self.cluster, &error, reason);
     }
 }
+
+// Plain readers (e.g. of the offset map) need no rebalance handling.
+impl rdkafka::consumer::ConsumerContext for LoggingContext {}

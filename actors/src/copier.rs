@@ -13,6 +13,7 @@
 //! offset, so nothing is skipped. The source supervisor also watches for a
 //! copier whose mailbox closed (a panic outside the loop) and starts a new one.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -23,14 +24,17 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
 
 use crate::batch::Batch;
-use crate::destination::{Destination, WriteBatch};
+use crate::destination::{self, Destination, WriteBatch};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
 use crate::source::{SourceConsumer, SourceContext};
-use crate::spec::Tuning;
+use crate::offset_store::{self, StoredOffset};
+use crate::spec::{ClusterSpec, OnError, Tuning};
+use crate::transactional::{CommitError, TransactionalWriter};
 use crate::status::{PartitionState, PartitionStatus};
 
 /// How long a copier waits on an empty queue before looking again. librdkafka
@@ -49,6 +53,20 @@ pub struct InjectedPanic {
     pub remaining: Arc<AtomicU32>,
 }
 
+/// What an exactly-once copier needs besides the common parts.
+#[derive(Clone, Debug)]
+pub struct ExactlyOnce {
+    /// The destination cluster, for the partition's transactional producer
+    /// and the offset map.
+    pub destination: ClusterSpec,
+    /// The flow's consumer group: part of the transactional id and the map key.
+    pub group_id: String,
+    /// The flow's name, written into the offset map.
+    pub flow: String,
+    /// The source cluster's alias, written into the offset map.
+    pub source_cluster: String,
+}
+
 /// Everything a copier needs; kept across restarts.
 pub struct Copier {
     flow: Arc<str>,
@@ -60,6 +78,8 @@ pub struct Copier {
     destination: Addr<Destination>,
     status: Arc<PartitionStatus>,
     tuning: Tuning,
+    on_error: OnError,
+    exactly_once: Option<ExactlyOnce>,
     injected_panic: Option<InjectedPanic>,
     /// Set to ask the reading loop to finish its current batch and stop.
     stop: Arc<AtomicBool>,
@@ -90,6 +110,10 @@ pub struct CopierParts {
     pub status: Arc<PartitionStatus>,
     /// Batch sizes and backoff.
     pub tuning: Tuning,
+    /// What a record the destination refuses for good does.
+    pub on_error: OnError,
+    /// Set for exactly-once flows.
+    pub exactly_once: Option<ExactlyOnce>,
     /// Test-only failure injection.
     pub injected_panic: Option<InjectedPanic>,
 }
@@ -107,6 +131,8 @@ impl Copier {
             destination: parts.destination,
             status: parts.status,
             tuning: parts.tuning,
+            on_error: parts.on_error,
+            exactly_once: parts.exactly_once,
             injected_panic: parts.injected_panic,
             stop: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
@@ -134,17 +160,26 @@ impl Copier {
             partition: self.partition,
             destination_topic: Arc::clone(&self.destination_topic),
             queue: Arc::clone(&self.queue),
+            consumer: Arc::clone(&self.consumer),
             destination: self.destination.clone(),
             status: Arc::clone(&self.status),
             tuning: self.tuning.clone(),
+            on_error: self.on_error.clone(),
             injected_panic: self.injected_panic.clone(),
             stop: Arc::clone(&self.stop),
         };
+        let exactly_once = self.exactly_once.clone();
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
         self.running.store(true, Ordering::SeqCst);
         self.status.set_state(PartitionState::Copying);
-        let guarded = AssertUnwindSafe(reader.run()).catch_unwind().map(move |result| {
+        let run = async move {
+            match exactly_once {
+                None => reader.run().await,
+                Some(eos) => reader.run_exactly_once(eos).await,
+            }
+        };
+        let guarded = AssertUnwindSafe(run).catch_unwind().map(move |result| {
             result.unwrap_or_else(|panic| {
                 Err(ReplicationError::CopierPanicked {
                     topic: topic.to_string(),
@@ -169,6 +204,30 @@ impl Copier {
         }
         self.acked_at_last_failure = acked;
         self.failures_in_row += 1;
+        self.status.record_failure(error.to_string());
+        metrics::counter!(
+            names::COPIER_RESTARTS,
+            labels::FLOW => self.flow.to_string(),
+            labels::TOPIC => self.topic.to_string(),
+            labels::PARTITION => self.partition.to_string(),
+        )
+        .increment(1);
+        let limit = self.tuning.max_consecutive_failures;
+        let give_up = error.is_permanent() || (limit > 0 && self.failures_in_row >= limit);
+        if give_up {
+            // Restarting cannot help: leave the partition stopped, with its
+            // error in the status, and let the others go on.
+            tracing::error!(
+                flow = %self.flow,
+                topic = %self.topic,
+                partition = self.partition,
+                failures_in_row = self.failures_in_row,
+                error = %error,
+                "partition stopped: it will not be copied until Strait restarts or it is reassigned"
+            );
+            self.status.set_state(PartitionState::Failed);
+            return;
+        }
         tracing::error!(
             flow = %self.flow,
             topic = %self.topic,
@@ -178,15 +237,7 @@ impl Copier {
             error = %error,
             "copier failed; restarting it from the last acknowledged offset"
         );
-        self.status.record_failure(error.to_string());
         self.status.set_state(PartitionState::Restarting);
-        metrics::counter!(
-            names::COPIER_RESTARTS,
-            labels::FLOW => self.flow.to_string(),
-            labels::TOPIC => self.topic.to_string(),
-            labels::PARTITION => self.partition.to_string(),
-        )
-        .increment(1);
         ctx.stop();
     }
 
@@ -278,9 +329,11 @@ struct Reader {
     partition: i32,
     destination_topic: Arc<str>,
     queue: Arc<PartitionQueue>,
+    consumer: Arc<SourceConsumer>,
     destination: Addr<Destination>,
     status: Arc<PartitionStatus>,
     tuning: Tuning,
+    on_error: OnError,
     injected_panic: Option<InjectedPanic>,
     stop: Arc<AtomicBool>,
 }
@@ -293,13 +346,7 @@ impl Reader {
                 return Ok(());
             }
             if let Some(failure) = self.status.progress.failure() {
-                return Err(ReplicationError::Produce {
-                    topic: self.topic.to_string(),
-                    partition: self.partition,
-                    offset: failure.offset,
-                    destination_topic: self.destination_topic.to_string(),
-                    reason: failure.reason,
-                });
+                return Err(self.refused(failure.offset, failure.reason, failure.permanent));
             }
             let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
                 Err(_idle) => continue,
@@ -337,6 +384,170 @@ impl Reader {
         }
     }
 
+    /// Exactly-once: records and the offset map entry go out in one
+    /// transaction per run of records (at most `transaction_max_records`, open
+    /// at most `transaction_interval`). Reading resumes where the offset map
+    /// says, after `init_transactions` has fenced any older owner.
+    async fn run_exactly_once(self, eos: ExactlyOnce) -> Result<(), ReplicationError> {
+        let transactional_id = format!("{}.{}.{}", eos.group_id, self.topic, self.partition);
+        let writer = TransactionalWriter::open(&eos.destination, transactional_id).await?;
+        let (cluster, group) = (eos.destination.clone(), eos.group_id.clone());
+        let stored = tokio::task::spawn_blocking(move || offset_store::read(&cluster, &group))
+            .await
+            .map_err(|_| ReplicationError::ActorGone { actor: "offset map reader" })??;
+        let mut next = stored.get(&(self.topic.to_string(), self.partition)).copied();
+        match next {
+            Some(offset) => {
+                self.status.progress.resume_at(offset);
+                self.seek(offset);
+            }
+            None => next = self.status.progress.committable(),
+        }
+        let key = offset_store::key(&eos.group_id, &self.topic, self.partition);
+        // Offsets to pass over (skip) or redirect (dead letter) after the
+        // destination refused them for good and the transaction was aborted.
+        let mut refused: BTreeMap<i64, String> = BTreeMap::new();
+        let mut stream = self.queue.stream();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
+                Err(_idle) => continue,
+                Ok(None) => return Err(ReplicationError::ActorGone { actor: "partition queue" }),
+                Ok(Some(Err(error))) => {
+                    self.consume_error(&error);
+                    continue;
+                }
+                // Left over from before a seek back: already committed.
+                Ok(Some(Ok(m))) if next.is_some_and(|n| m.offset() < n) => continue,
+                Ok(Some(Ok(m))) => m,
+            };
+            writer.begin()?;
+            let deadline = Instant::now() + self.tuning.transaction_interval;
+            let (first_offset, mut last_offset, mut last_timestamp) =
+                (first.offset(), first.offset(), first.timestamp().to_millis());
+            let (mut records, mut bytes) = (0usize, 0usize);
+            let mut pending = Some(first);
+            while let Some(m) = pending.take() {
+                if next.is_none_or(|n| m.offset() >= n) && m.offset() >= last_offset {
+                    self.inject_panic_at(m.offset());
+                    self.write_exactly_once(&writer, &m, &refused, &eos).await?;
+                    records += 1;
+                    bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
+                    last_offset = m.offset();
+                    last_timestamp = m.timestamp().to_millis().or(last_timestamp);
+                }
+                if records >= self.tuning.transaction_max_records
+                    || self.stop.load(Ordering::SeqCst)
+                {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                pending = match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => Some(m),
+                    _ if left.is_zero() => None,
+                    _ => match tokio::time::timeout(left, stream.next()).await {
+                        Ok(Some(Ok(m))) => Some(m),
+                        Ok(Some(Err(error))) => {
+                            self.consume_error(&error);
+                            None
+                        }
+                        _ => None,
+                    },
+                };
+            }
+            let stored = StoredOffset {
+                flow: eos.flow.clone(),
+                source_cluster: eos.source_cluster.clone(),
+                next_offset: last_offset + 1,
+            };
+            match writer.commit(&key, &stored).await {
+                Ok(()) => {
+                    self.status
+                        .progress
+                        .register(records, bytes, first_offset, last_offset + 1, last_timestamp)
+                        .delivered_all();
+                    next = Some(last_offset + 1);
+                }
+                Err(CommitError::Aborted { reason, refused: now_refused }) => {
+                    for (offset, error) in now_refused {
+                        if !destination::is_permanent(&error) {
+                            continue;
+                        }
+                        if self.on_error == OnError::Fail {
+                            return Err(self.refused(offset, error.to_string(), true));
+                        }
+                        refused.insert(offset, error.to_string());
+                    }
+                    let back = next.unwrap_or(first_offset);
+                    tracing::warn!(topic = %self.topic, partition = self.partition, reason, resume_at = back, "transaction aborted; copying again from the last committed offset");
+                    self.seek(back);
+                    next = Some(back);
+                }
+                Err(CommitError::Fenced(reason)) => {
+                    return Err(ReplicationError::Fenced {
+                        topic: self.topic.to_string(),
+                        partition: self.partition,
+                        reason,
+                    })
+                }
+                Err(CommitError::Fatal(reason)) => {
+                    return Err(ReplicationError::Transaction {
+                        cluster: eos.destination.alias.clone(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Writes one record inside the open transaction, unless an earlier
+    /// attempt showed the destination refuses it: then `on_error` decides.
+    async fn write_exactly_once(
+        &self,
+        writer: &TransactionalWriter,
+        m: &BorrowedMessage<'_>,
+        refused: &BTreeMap<i64, String>,
+        eos: &ExactlyOnce,
+    ) -> Result<(), ReplicationError> {
+        let sent = match (refused.get(&m.offset()), &self.on_error) {
+            (None, _) | (Some(_), OnError::Fail) => {
+                writer
+                    .send(&self.destination_topic, Some(self.partition), m, &[])
+                    .await
+            }
+            (Some(reason), OnError::Skip) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, offset = m.offset(), error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
+                metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string(), labels::REASON => "refused").increment(1);
+                Ok(())
+            }
+            (Some(reason), OnError::DeadLetter(topic)) => {
+                let origin = [
+                    ("strait.source.cluster", eos.source_cluster.clone()),
+                    ("strait.source.topic", self.topic.to_string()),
+                    ("strait.source.partition", self.partition.to_string()),
+                    ("strait.source.offset", m.offset().to_string()),
+                    ("strait.error", reason.clone()),
+                ];
+                metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string()).increment(1);
+                writer.send(topic, None, m, &origin).await
+            }
+        };
+        sent.map_err(|error| self.refused(m.offset(), error.to_string(), destination::is_permanent(&error)))
+    }
+
+    /// Moves the partition to `offset`; records read before it are dropped
+    /// by librdkafka (and by the offset checks of the reading loops).
+    fn seek(&self, offset: i64) {
+        if let Err(error) =
+            self.consumer
+                .seek(&self.topic, self.partition, Offset::Offset(offset), Duration::ZERO)
+        {
+            tracing::warn!(topic = %self.topic, partition = self.partition, offset, error = %error, "could not seek");
+        }
+    }
+
     async fn send(&self, batch: Batch) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
@@ -362,6 +573,19 @@ impl Reader {
             })?
     }
 
+    fn refused(&self, offset: i64, reason: String, permanent: bool) -> ReplicationError {
+        let (topic, partition, destination_topic) = (
+            self.topic.to_string(),
+            self.partition,
+            self.destination_topic.to_string(),
+        );
+        if permanent {
+            ReplicationError::RecordRefused { topic, partition, offset, destination_topic, reason }
+        } else {
+            ReplicationError::Produce { topic, partition, offset, destination_topic, reason }
+        }
+    }
+
     fn consume_error(&self, error: &KafkaError) {
         tracing::warn!(
             topic = %self.topic,
@@ -379,7 +603,15 @@ impl Reader {
 
     fn inject_panic(&self, batch: &Batch) {
         if let Some(fault) = &self.injected_panic {
-            if batch.contains_offset(fault.offset)
+            if batch.contains_offset(fault.offset) {
+                self.inject_panic_at(fault.offset);
+            }
+        }
+    }
+
+    fn inject_panic_at(&self, offset: i64) {
+        if let Some(fault) = &self.injected_panic {
+            if fault.offset == offset
                 && fault
                     .remaining
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -12,25 +12,29 @@
 //! Topic creation is not done here but by [`crate::topic_admin`], so that it
 //! never waits behind a backed-up mailbox.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, RecordView};
 use crate::client::{client_config, log_client_error, log_client_event};
 use crate::error::ReplicationError;
 use crate::progress::BatchAck;
-use crate::spec::ClusterSpec;
+use crate::metrics::{self as names, labels};
+use crate::spec::{ClusterSpec, OnError};
 
 /// How long to wait before retrying a send refused because the producer's
 /// queue is full. Short: the queue drains at network speed.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Longest wait for the destination's metadata when a partition is unknown.
+const METADATA_REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Producer defaults, each overridable through `[clusters.NAME.kafka]`.
 fn producer_defaults() -> Vec<(&'static str, String)> {
@@ -54,15 +58,42 @@ fn producer_forced() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Delivery report routing: each record carries its batch's ack.
+/// Delivery report routing: each record carries its batch's ack. Records
+/// the destination refuses for good are handled by the flow's `on_error`.
 pub struct DestinationContext {
     cluster: String,
+    refusals: RefusalPolicy,
+    /// For dead-letter writes from the delivery callback.
+    producer: OnceLock<Weak<DestinationProducer>>,
 }
 
 /// What a produced record carries to its delivery report.
 pub struct InFlight {
     ack: Arc<BatchAck>,
     offset: i64,
+    origin: Arc<Origin>,
+    /// True for a write to the dead-letter topic.
+    dead_letter: bool,
+}
+
+/// Where the records of a batch come from.
+#[derive(Debug)]
+pub struct Origin {
+    /// Source topic.
+    pub topic: Arc<str>,
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// A flow's `on_error`, with what it needs to log, count and dead-letter.
+#[derive(Clone, Debug)]
+pub struct RefusalPolicy {
+    /// The policy.
+    pub on_error: OnError,
+    /// Flow name, for logs and metrics.
+    pub flow: String,
+    /// Source cluster alias, for dead-letter headers.
+    pub source_cluster: String,
 }
 
 impl ClientContext for DestinationContext {
@@ -80,9 +111,112 @@ impl ProducerContext for DestinationContext {
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<InFlight>) {
         match result {
             Ok(_) => delivery.ack.delivered(),
-            Err((error, _)) => delivery.ack.failed(delivery.offset, error.to_string()),
+            Err((error, message)) => {
+                let record = RefusedRecord {
+                    key: message.key(),
+                    value: message.payload(),
+                    headers: message.headers().map(|h| h.detach()),
+                    timestamp: message.timestamp().to_millis(),
+                };
+                let producer = self.producer.get().and_then(Weak::upgrade);
+                self.refusals
+                    .handle(error, record, *delivery, producer.as_deref());
+            }
         }
     }
+}
+
+/// A record the destination refused, as it was sent.
+pub struct RefusedRecord<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+}
+
+/// True for produce errors no retry can fix.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
+}
+
+impl RefusalPolicy {
+    /// Applies the policy to a refused record: the record's ack is failed
+    /// (transient errors, or `fail`), or acknowledged (`skip`, or once written
+    /// to the dead-letter topic).
+    fn handle(
+        &self,
+        error: &KafkaError,
+        record: RefusedRecord<'_>,
+        delivery: InFlight,
+        producer: Option<&DestinationProducer>,
+    ) {
+        let reason = error.to_string();
+        let (topic, partition, offset) = (Arc::clone(&delivery.origin.topic), delivery.origin.partition, delivery.offset);
+        if !is_permanent(error) {
+            delivery.ack.failed(offset, reason, false);
+            return;
+        }
+        if delivery.dead_letter {
+            tracing::error!(flow = %self.flow, topic = %topic, partition, offset, error = %reason, "the dead-letter topic refused the record too");
+            delivery.ack.failed(offset, format!("dead-letter write failed: {reason}"), true);
+            return;
+        }
+        match &self.on_error {
+            OnError::Fail => delivery.ack.failed(offset, reason, true),
+            OnError::Skip => {
+                tracing::warn!(flow = %self.flow, topic = %topic, partition, offset, error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
+                metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string(), labels::REASON => error_kind(error)).increment(1);
+                delivery.ack.delivered();
+            }
+            OnError::DeadLetter(dead_letter_topic) => {
+                let Some(producer) = producer else {
+                    delivery.ack.failed(offset, reason, true);
+                    return;
+                };
+                let headers = record
+                    .headers
+                    .unwrap_or_default()
+                    .insert(Header { key: "strait.source.cluster", value: Some(self.source_cluster.as_bytes()) })
+                    .insert(Header { key: "strait.source.topic", value: Some(topic.as_bytes()) })
+                    .insert(Header { key: "strait.source.partition", value: Some(partition.to_string().as_bytes()) })
+                    .insert(Header { key: "strait.source.offset", value: Some(offset.to_string().as_bytes()) })
+                    .insert(Header { key: "strait.error", value: Some(reason.as_bytes()) });
+                let ack = Arc::clone(&delivery.ack);
+                let mut out: BaseRecord<'_, [u8], [u8], Box<InFlight>> = BaseRecord::with_opaque_to(
+                    dead_letter_topic,
+                    Box::new(InFlight { dead_letter: true, ..delivery }),
+                )
+                .headers(headers);
+                out.key = record.key;
+                out.payload = record.value;
+                out.timestamp = record.timestamp;
+                match producer.send(out) {
+                    Ok(()) => {
+                        tracing::warn!(flow = %self.flow, topic = %topic, partition, offset, error = %reason, dead_letter_topic, "record written to the dead-letter topic");
+                        metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string()).increment(1);
+                    }
+                    // Never wait here: this may be the producer's own polling thread.
+                    Err((e, _)) => ack.failed(offset, format!("dead-letter write failed: {e}"), !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))),
+                }
+            }
+        }
+    }
+}
+
+/// A short, low-cardinality name for an error, for metric labels.
+fn error_kind(error: &KafkaError) -> String {
+    error
+        .rdkafka_error_code()
+        .map_or_else(|| "other".to_string(), |c| format!("{c:?}").to_lowercase())
 }
 
 /// The producer type every flow writes with.
@@ -96,18 +230,26 @@ pub struct Destination {
 
 impl Destination {
     /// Creates the producer for `cluster`. Fails only on bad client properties.
-    pub fn new(cluster: &ClusterSpec, mailbox_capacity: usize) -> Result<Self, ReplicationError> {
+    pub fn new(
+        cluster: &ClusterSpec,
+        mailbox_capacity: usize,
+        refusals: RefusalPolicy,
+    ) -> Result<Self, ReplicationError> {
         let producer: DestinationProducer =
             client_config(cluster, &producer_defaults(), &producer_forced())
                 .create_with_context(DestinationContext {
                     cluster: cluster.alias.clone(),
+                    refusals,
+                    producer: OnceLock::new(),
                 })
                 .map_err(|source| ReplicationError::ClientCreation {
                     cluster: cluster.alias.clone(),
                     source,
                 })?;
+        let producer = Arc::new(producer);
+        let _ = producer.context().producer.set(Arc::downgrade(&producer));
         Ok(Self {
-            producer: Arc::new(producer),
+            producer,
             mailbox_capacity,
         })
     }
@@ -152,48 +294,98 @@ async fn write_batch(
     producer: Arc<DestinationProducer>,
     msg: WriteBatch,
 ) -> Result<(), ReplicationError> {
+    let origin = Arc::new(Origin {
+        topic: Arc::clone(&msg.source_topic),
+        partition: msg.partition,
+    });
     for record in msg.batch.iter() {
-        let headers = (record.header_count() > 0).then(|| {
-            record
-                .headers()
-                .fold(OwnedHeaders::new_with_capacity(record.header_count()), |hs, (k, v)| {
-                    hs.insert(Header { key: &k, value: v })
-                })
-        });
         let mut out: BaseRecord<'_, [u8], [u8], Box<InFlight>> = BaseRecord::with_opaque_to(
             &msg.topic,
             Box::new(InFlight {
                 ack: Arc::clone(&msg.ack),
                 offset: record.offset,
+                origin: Arc::clone(&origin),
+                dead_letter: false,
             }),
         )
         .partition(msg.partition);
         out.key = record.key;
         out.payload = record.value;
         out.timestamp = record.timestamp;
-        out.headers = headers;
-        loop {
-            match producer.send(out) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    out = back;
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((error, _)) => {
-                    let reason = error.to_string();
-                    msg.ack.failed(record.offset, reason.clone());
-                    return Err(ReplicationError::Produce {
-                        topic: msg.source_topic.to_string(),
-                        partition: msg.partition,
-                        offset: record.offset,
-                        destination_topic: msg.topic.to_string(),
-                        reason,
-                    });
-                }
+        out.headers = owned_headers(&record);
+        if let Err((error, refused)) = send_waiting(&producer, out).await {
+            // Refused before it left: the same policy as a refused delivery.
+            let content = RefusedRecord {
+                key: record.key,
+                value: record.value,
+                headers: owned_headers(&record),
+                timestamp: record.timestamp,
+            };
+            producer
+                .context()
+                .refusals
+                .handle(&error, content, *refused.delivery_opaque, Some(&producer));
+            if let Some(failure) = msg.ack.progress().failure() {
+                let fields = (msg.source_topic.to_string(), msg.partition, failure.offset, msg.topic.to_string(), failure.reason);
+                return Err(if failure.permanent {
+                    ReplicationError::RecordRefused { topic: fields.0, partition: fields.1, offset: fields.2, destination_topic: fields.3, reason: fields.4 }
+                } else {
+                    ReplicationError::Produce { topic: fields.0, partition: fields.1, offset: fields.2, destination_topic: fields.3, reason: fields.4 }
+                });
             }
         }
     }
     Ok(())
+}
+
+fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
+    (record.header_count() > 0).then(|| {
+        record
+            .headers()
+            .fold(OwnedHeaders::new_with_capacity(record.header_count()), |hs, (k, v)| {
+                hs.insert(Header { key: &k, value: v })
+            })
+    })
+}
+
+/// Queues a record, waiting while the producer's queue is full: the wait is
+/// what propagates a slow destination back to the copiers.
+/// On error the record comes back, so its delivery opaque can be handled.
+#[allow(clippy::result_large_err)]
+pub async fn send_waiting<'a, C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+where
+    C: ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    let mut metadata_refreshed = false;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+            }
+            // The destination topic may have just gained partitions (the flow
+            // grows it when the source topic grows), which the producer learns
+            // of only at its next metadata refresh, minutes away: refresh the
+            // topic's metadata once and try again. Blocks this thread for one
+            // metadata round trip, only when a partition is unknown.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), back))
+                if !metadata_refreshed =>
+            {
+                metadata_refreshed = true;
+                record = back;
+                let _ = producer
+                    .client()
+                    .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
+            }
+            Err(refused) => return Err(refused),
+        }
+    }
 }
 
 /// Waits until every queued record is delivered or `timeout` passes.

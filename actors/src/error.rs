@@ -72,6 +72,26 @@ pub enum ReplicationError {
         destination_topic: String,
         reason: String,
     },
+    /// The destination refused a record for a reason no retry can fix (too
+    /// large, invalid, not authorized): the partition stops under `on_error = "fail"`.
+    #[error("the destination refused {topic}[{partition}] offset {offset} for `{destination_topic}` for good: {reason}")]
+    RecordRefused {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        destination_topic: String,
+        reason: String,
+    },
+    /// A transactional producer call failed.
+    #[error("cluster `{cluster}`: transaction failed: {reason}")]
+    Transaction { cluster: String, reason: String },
+    /// A newer owner of the partition took over its transactional id.
+    #[error("{topic}[{partition}] is now written by another instance (fenced): {reason}")]
+    Fenced {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
     /// A copier panicked; turned into an error so that it is restarted.
     #[error("copier for {topic}[{partition}] panicked: {message}")]
     CopierPanicked {
@@ -79,7 +99,25 @@ pub enum ReplicationError {
         partition: i32,
         message: String,
     },
+    /// The copier failed too many times in a row and is given up on.
+    #[error("{topic}[{partition}] failed {failures} times in a row; last error: {last}")]
+    TooManyFailures {
+        topic: String,
+        partition: i32,
+        failures: u32,
+        last: String,
+    },
     /// An actor this one depends on has stopped.
     #[error("the {actor} actor has stopped")]
     ActorGone { actor: &'static str },
+}
+
+impl ReplicationError {
+    /// True for errors a restart cannot fix: the copier stops instead.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ReplicationError::RecordRefused { .. } | ReplicationError::Fenced { .. }
+        )
+    }
 }

@@ -27,11 +27,13 @@ pub mod discovery;
 pub mod error;
 pub mod flow;
 pub mod metrics;
+pub mod offset_store;
 pub mod progress;
 pub mod source;
 pub mod spec;
 pub mod status;
 pub mod topic_admin;
+pub mod transactional;
 
 pub use error::{ReplicationError, SpecError};
 pub use flow::{FlowSupervisor, StopFlow};

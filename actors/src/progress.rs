@@ -56,6 +56,8 @@ pub struct Failure {
     pub offset: i64,
     /// What the destination said.
     pub reason: String,
+    /// True when retrying cannot help.
+    pub permanent: bool,
 }
 
 impl PartitionProgress {
@@ -130,6 +132,16 @@ impl PartitionProgress {
         if inner.epoch == epoch && inner.failure.is_none() {
             inner.failure = Some(failure);
         }
+    }
+
+    /// Resumes at `offset` whatever was acknowledged before: for exactly-once
+    /// flows, whose position is the one stored on the destination.
+    pub fn resume_at(&self, offset: i64) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.pending.clear();
+        inner.failure = None;
+        inner.committable = Some(offset);
     }
 
     /// Starts a new epoch after a copier restart: batches in flight are
@@ -241,9 +253,24 @@ impl BatchAck {
         }
     }
 
-    /// One record of the batch was refused for good: the batch never completes.
-    pub fn failed(&self, offset: i64, reason: String) {
-        self.progress.fail(self.epoch, Failure { offset, reason });
+    /// One record of the batch was refused: the batch never completes.
+    /// `permanent` when no retry can help (the partition then stops).
+    pub fn failed(&self, offset: i64, reason: String, permanent: bool) {
+        self.progress.fail(
+            self.epoch,
+            Failure {
+                offset,
+                reason,
+                permanent,
+            },
+        );
+    }
+
+    /// Every record of the batch is written (a committed transaction).
+    pub fn delivered_all(&self) {
+        if self.remaining.swap(0, Ordering::AcqRel) > 0 {
+            self.progress.complete(self.epoch, self.id, self.records, self.bytes);
+        }
     }
 
     /// The progress this batch belongs to.
@@ -285,7 +312,7 @@ mod tests {
         p.set_start(5);
         let a = p.register(1, 10, 5, 6, None);
         let b = p.register(1, 10, 6, 7, None);
-        a.failed(5, "too large".into());
+        a.failed(5, "too large".into(), true);
         b.delivered();
         assert_eq!(p.committable(), Some(5));
         assert_eq!(p.failure().map(|f| f.offset), Some(5));

@@ -33,11 +33,12 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::copier::{Copier, CopierParts, InjectedPanic, PartitionQueue, StopCopier};
+use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQueue, StopCopier};
 use crate::destination::Destination;
+use crate::discovery::PartitionHistory;
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
-use crate::spec::{FlowSpec, StartFrom};
+use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
 
 /// The group consumer of a flow's source cluster.
@@ -60,7 +61,10 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
         ("topic.metadata.refresh.interval.ms", refresh_ms.to_string()),
-        ("session.timeout.ms", "30000".into()),
+        // A crashed instance's partitions move after this long: short, since
+        // Strait has no GC pauses to ride out.
+        ("session.timeout.ms", "10000".into()),
+        ("heartbeat.interval.ms", "3000".into()),
         // Records of aborted transactions are never copied.
         ("isolation.level", "read_committed".into()),
     ]
@@ -92,6 +96,8 @@ pub struct SourceContext {
     /// Queues split in `pre_rebalance`, handed over in `post_rebalance`.
     split: Mutex<Vec<AssignedPartition>>,
     shutting_down: AtomicBool,
+    /// Partition counts when the flow found each topic (see `split_queues`).
+    history: Arc<PartitionHistory>,
 }
 
 /// A newly assigned partition with its own queue.
@@ -171,6 +177,18 @@ impl SourceContext {
         let committed = base
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .ok();
+        // Partitions added to a topic after the flow found it hold only new
+        // records: they start at their beginning whatever start_from says.
+        // Set in the assignment itself, since seeking a partition whose
+        // fetcher has not started fails (see PartitionHistory).
+        if let (Some(c), true) = (&committed, self.start_from != StartFrom::Earliest) {
+            let has_progress = |t: &str, p: i32| {
+                matches!(c.find_partition(t, p).map(|e| e.offset()), Some(Offset::Offset(_)))
+            };
+            for (topic, partition) in self.history.start_added_at_beginning(tpl, has_progress) {
+                tracing::info!(cluster = %self.cluster, topic, partition, "partition added after its topic was found: copying it from its beginning");
+            }
+        }
         let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
         for e in tpl.elements() {
             let committed_offset = committed
@@ -318,8 +336,10 @@ impl Source {
         spec: Arc<FlowSpec>,
         flow: Arc<FlowStatus>,
         destination: Addr<Destination>,
+        history: Arc<PartitionHistory>,
     ) -> Result<Addr<Self>, ReplicationError> {
         let context = SourceContext {
+            history,
             cluster: spec.source.alias.clone(),
             flow: Arc::clone(&flow),
             start_from: spec.start_from,
@@ -384,6 +404,13 @@ impl Source {
             destination: self.destination.clone(),
             status: Arc::clone(&status),
             tuning: self.spec.tuning.clone(),
+            on_error: self.spec.on_error.clone(),
+            exactly_once: (self.spec.delivery == Delivery::ExactlyOnce).then(|| ExactlyOnce {
+                destination: self.spec.destination.clone(),
+                group_id: self.spec.group_id.clone(),
+                flow: self.spec.name.clone(),
+                source_cluster: self.spec.source.alias.clone(),
+            }),
             injected_panic: injected_panic.clone(),
         });
         self.copiers.insert(

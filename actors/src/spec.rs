@@ -241,6 +241,13 @@ pub struct Tuning {
     pub restart_backoff_initial: Duration,
     /// Longest delay between restarts of a failed copier.
     pub restart_backoff_max: Duration,
+    /// Consecutive failures after which a partition is marked failed and left
+    /// alone (0: never give up).
+    pub max_consecutive_failures: u32,
+    /// Exactly-once: most records in one transaction.
+    pub transaction_max_records: usize,
+    /// Exactly-once: longest time a transaction stays open.
+    pub transaction_interval: Duration,
 }
 
 impl Default for Tuning {
@@ -253,6 +260,9 @@ impl Default for Tuning {
             shutdown_timeout: Duration::from_secs(30),
             restart_backoff_initial: Duration::from_millis(500),
             restart_backoff_max: Duration::from_secs(60),
+            max_consecutive_failures: 10,
+            transaction_max_records: 10_000,
+            transaction_interval: Duration::from_millis(100),
         }
     }
 }

@@ -87,6 +87,16 @@ pub struct FlowConfig {
     /// Longest delay between restarts of a failed partition copier.
     #[serde(default = "default_restart_backoff_max", with = "humantime_serde")]
     pub restart_backoff_max: Duration,
+    /// Consecutive failures after which a partition is marked failed and no
+    /// longer restarted (0: never give up).
+    #[serde(default = "default_max_consecutive_failures")]
+    pub max_consecutive_failures: u32,
+    /// Exactly-once: most records in one destination transaction.
+    #[serde(default = "default_transaction_max_records")]
+    pub transaction_max_records: usize,
+    /// Exactly-once: longest time a destination transaction stays open.
+    #[serde(default = "default_transaction_interval", with = "humantime_serde")]
+    pub transaction_interval: Duration,
 }
 
 /// Topic configs that are never copied unless a flow's `topic_config_exclude`
@@ -162,6 +172,18 @@ fn default_restart_backoff_initial() -> Duration {
 
 fn default_restart_backoff_max() -> Duration {
     Tuning::default().restart_backoff_max
+}
+
+fn default_max_consecutive_failures() -> u32 {
+    Tuning::default().max_consecutive_failures
+}
+
+fn default_transaction_max_records() -> usize {
+    Tuning::default().transaction_max_records
+}
+
+fn default_transaction_interval() -> Duration {
+    Tuning::default().transaction_interval
 }
 
 /// `delivery`: the guarantee a flow gives.

@@ -365,6 +365,7 @@ fn flow_spec(
         ("commit_interval", flow.commit_interval),
         ("restart_backoff_initial", flow.restart_backoff_initial),
         ("restart_backoff_max", flow.restart_backoff_max),
+        ("transaction_interval", flow.transaction_interval),
     ] {
         positive(&k(field), value)?;
     }
@@ -382,6 +383,7 @@ fn flow_spec(
         ("batch_max_records", flow.batch_max_records),
         ("batch_max_bytes", flow.batch_max_bytes),
         ("mailbox_capacity", flow.mailbox_capacity),
+        ("transaction_max_records", flow.transaction_max_records),
     ] {
         at_least_one(&k(field), value)?;
     }
@@ -494,6 +496,9 @@ fn flow_spec(
             shutdown_timeout,
             restart_backoff_initial: flow.restart_backoff_initial,
             restart_backoff_max: flow.restart_backoff_max,
+            max_consecutive_failures: flow.max_consecutive_failures,
+            transaction_max_records: flow.transaction_max_records,
+            transaction_interval: flow.transaction_interval,
         },
         faults: Faults::default(),
     };

@@ -1,0 +1,209 @@
+//! The offset map stored on the destination, for exactly-once flows.
+//!
+//! Each transaction of an exactly-once copier writes its records *and* one
+//! record to the compacted topic [`OFFSETS_TOPIC`] saying how far the source
+//! partition has been copied. Both become visible together or not at all, so
+//! on restart a copier resumes from the stored position and a read_committed
+//! reader of the destination sees every source record once. The same map is
+//! what failover tooling reads to translate positions.
+//!
+//! Key: `<group id>/<source topic>/<partition>`; value: JSON
+//! `{"flow": ..., "source_cluster": ..., "next_offset": N}`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{client_config, LoggingContext};
+use crate::error::ReplicationError;
+use crate::spec::ClusterSpec;
+
+/// The destination topic holding exactly-once progress.
+pub const OFFSETS_TOPIC: &str = "strait.offsets";
+
+/// Partitions of [`OFFSETS_TOPIC`] when Strait creates it. One keeps reads
+/// simple; compaction keeps it small.
+const OFFSETS_PARTITIONS: i32 = 1;
+
+/// Longest wait to read the stored offsets at assignment.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The key of a source partition's entry.
+pub fn key(group_id: &str, topic: &str, partition: i32) -> String {
+    format!("{group_id}/{topic}/{partition}")
+}
+
+/// One entry of the offset map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOffset {
+    /// The flow that wrote it.
+    pub flow: String,
+    /// The source cluster's alias.
+    pub source_cluster: String,
+    /// The next source offset to copy.
+    pub next_offset: i64,
+}
+
+impl StoredOffset {
+    /// The record value.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing a struct of strings and an integer cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Creates [`OFFSETS_TOPIC`] on the destination if it is missing: compacted,
+/// replicated like Kafka's own internal topics (up to 3).
+pub async fn ensure_topic(cluster: &ClusterSpec) -> Result<(), ReplicationError> {
+    ensure_internal_topic(
+        cluster,
+        OFFSETS_TOPIC,
+        OFFSETS_PARTITIONS,
+        &[("cleanup.policy", "compact"), ("segment.ms", "600000")],
+    )
+    .await
+}
+
+/// Creates a topic Strait itself writes to (the offset map, a dead-letter
+/// topic) if it is missing, with a replication factor of up to 3.
+pub async fn ensure_internal_topic(
+    cluster: &ClusterSpec,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), ReplicationError> {
+    let admin: AdminClient<LoggingContext> = client_config(cluster, &[], &[])
+        .create_with_context(LoggingContext {
+            cluster: cluster.alias.clone(),
+        })
+        .map_err(|source| ReplicationError::ClientCreation {
+            cluster: cluster.alias.clone(),
+            source,
+        })?;
+    let error = |reason: String| ReplicationError::TopicCreation {
+        cluster: cluster.alias.clone(),
+        topic: name.to_string(),
+        reason,
+    };
+    let (admin, brokers) = tokio::task::spawn_blocking(move || {
+        let brokers = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| m.brokers().len() as i32);
+        (admin, brokers)
+    })
+    .await
+    .map_err(|_| ReplicationError::ActorGone { actor: "metadata" })?;
+    let brokers = brokers.map_err(|e| error(e.to_string()))?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(brokers.clamp(1, 3)));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(error(code.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the committed offset map entries of `group_id`, keyed by (topic, partition).
+/// Blocking: call it off the arbiter. Only committed transactions are read.
+pub fn read(
+    cluster: &ClusterSpec,
+    group_id: &str,
+) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
+    let unreachable = |source: KafkaError| ReplicationError::Unreachable {
+        cluster: cluster.alias.clone(),
+        bootstrap: cluster.bootstrap_servers().to_string(),
+        source,
+    };
+    let consumer: BaseConsumer<LoggingContext> = client_config(
+        cluster,
+        &[],
+        &[
+            ("isolation.level", "read_committed".to_string()),
+            ("enable.partition.eof", "true".to_string()),
+            ("enable.auto.commit", "false".to_string()),
+            ("group.id", format!("{group_id}.offsets-reader")),
+        ],
+    )
+    .create_with_context(LoggingContext {
+        cluster: cluster.alias.clone(),
+    })
+    .map_err(|source| ReplicationError::ClientCreation {
+        cluster: cluster.alias.clone(),
+        source,
+    })?;
+    let metadata = consumer
+        .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(10))
+        .map_err(unreachable)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let _ = tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::Beginning);
+    }
+    let mut stored = BTreeMap::new();
+    if partitions == 0 {
+        return Ok(stored);
+    }
+    consumer.assign(&tpl).map_err(unreachable)?;
+    let prefix = format!("{group_id}/");
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut at_end = 0;
+    while at_end < partitions {
+        if Instant::now() > deadline {
+            return Err(ReplicationError::TopicCreation {
+                cluster: cluster.alias.clone(),
+                topic: OFFSETS_TOPIC.to_string(),
+                reason: "timed out reading the stored offsets".to_string(),
+            });
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                let Some(rest) = k.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Some((topic, partition)) = rest.rsplit_once('/') else {
+                    continue;
+                };
+                let Ok(partition) = partition.parse::<i32>() else {
+                    continue;
+                };
+                let entry = (topic.to_string(), partition);
+                match m.payload().map(serde_json::from_slice::<StoredOffset>) {
+                    Some(Ok(v)) => {
+                        stored.insert(entry, v.next_offset);
+                    }
+                    // A tombstone forgets the entry.
+                    None => {
+                        stored.remove(&entry);
+                    }
+                    Some(Err(_)) => {}
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(e)) => tracing::warn!(error = %e, "reading {OFFSETS_TOPIC}"),
+            None => {}
+        }
+    }
+    Ok(stored)
+}

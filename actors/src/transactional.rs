@@ -1,0 +1,245 @@
+//! The transactional writer of one source partition, for exactly-once flows.
+//!
+//! Each assigned partition gets its own transactional producer whose
+//! `transactional.id` is derived from the consumer group, topic and partition.
+//! Whichever instance the group assigns the partition to calls
+//! `init_transactions` with that id, which fences any older owner still alive
+//! (a zombie): its open transaction is aborted and its next call fails. A
+//! transaction holds a run of copied records and the offset-map entry saying
+//! how far they reach (see [`crate::offset_store`]); they commit together.
+//!
+//! librdkafka's transaction calls block up to their timeout, so they run on
+//! tokio's blocking pool, never on the arbiter (pitfall 12).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::client::{client_config, log_client_error, log_client_event};
+use crate::destination::send_waiting;
+use crate::error::ReplicationError;
+use crate::offset_store::{StoredOffset, OFFSETS_TOPIC};
+use crate::spec::ClusterSpec;
+
+/// How long one transaction call may block.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Collects delivery failures (by source offset) of the open transaction.
+pub struct TransactionContext {
+    cluster: String,
+    failures: Mutex<Vec<(i64, KafkaError)>>,
+}
+
+impl ClientContext for TransactionContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_event(&self.cluster, level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.cluster, &error, reason);
+    }
+}
+
+impl ProducerContext for TransactionContext {
+    /// The source offset of the record (offsets are never negative).
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, offset: usize) {
+        if let Err((error, _)) = result {
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((offset as i64, error.clone()));
+        }
+    }
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Aborted; the records can be read and written again.
+    Aborted {
+        /// What went wrong.
+        reason: String,
+        /// Records the destination refused, by source offset.
+        refused: Vec<(i64, KafkaError)>,
+    },
+    /// A newer owner of the partition took over the transactional id.
+    Fenced(String),
+    /// The producer can no longer be used.
+    Fatal(String),
+}
+
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
+/// One partition's transactional producer.
+pub struct TransactionalWriter {
+    producer: Arc<ThreadedProducer<TransactionContext>>,
+    cluster: String,
+}
+
+impl TransactionalWriter {
+    /// Creates the producer and fences any older owner of `transactional_id`.
+    pub async fn open(
+        cluster: &ClusterSpec,
+        transactional_id: String,
+    ) -> Result<Self, ReplicationError> {
+        let producer: ThreadedProducer<TransactionContext> = client_config(
+            cluster,
+            &[
+                ("queue.buffering.max.kbytes", "65536".into()),
+                ("linger.ms", "5".into()),
+                ("transaction.timeout.ms", "60000".into()),
+            ],
+            &[
+                ("transactional.id", transactional_id.clone()),
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+            ],
+        )
+        .create_with_context(TransactionContext {
+            cluster: cluster.alias.clone(),
+            failures: Mutex::new(Vec::new()),
+        })
+        .map_err(|source| ReplicationError::ClientCreation {
+            cluster: cluster.alias.clone(),
+            source,
+        })?;
+        let producer = Arc::new(producer);
+        let init = Arc::clone(&producer);
+        blocking(move || init.init_transactions(TRANSACTION_TIMEOUT))
+            .await?
+            .map_err(|e| ReplicationError::Transaction {
+                cluster: cluster.alias.clone(),
+                reason: format!("init_transactions for `{transactional_id}`: {e}"),
+            })?;
+        Ok(Self {
+            producer,
+            cluster: cluster.alias.clone(),
+        })
+    }
+
+    /// Starts a transaction (a local call).
+    pub fn begin(&self) -> Result<(), ReplicationError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| ReplicationError::Transaction {
+                cluster: self.cluster.clone(),
+                reason: format!("begin_transaction: {e}"),
+            })
+    }
+
+    /// Queues a copy of a source record, waiting while the producer's queue is
+    /// full. `partition: None` lets the producer choose (dead-letter topics);
+    /// `extra_headers` are appended after the record's own.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        message: &BorrowedMessage<'_>,
+        extra_headers: &[(&str, String)],
+    ) -> Result<(), KafkaError> {
+        let mut headers = message
+            .headers()
+            .filter(|h| h.count() > 0)
+            .map(|h| h.detach());
+        for (k, v) in extra_headers {
+            headers = Some(headers.unwrap_or_default().insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            }));
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, message.offset() as usize);
+        record.partition = partition;
+        record.key = message.key();
+        record.payload = message.payload();
+        record.timestamp = message.timestamp().to_millis();
+        record.headers = headers;
+        send_waiting(&self.producer, record)
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// Writes the offset-map entry and commits the transaction.
+    pub async fn commit(&self, key: &str, stored: &StoredOffset) -> Result<(), CommitError> {
+        let value = stored.encode();
+        let entry: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(OFFSETS_TOPIC, 0).key(key).payload(&value);
+        if let Err((e, _)) = send_waiting(&self.producer, entry).await {
+            return Err(self.abort(format!("writing the offset map: {e}")).await);
+        }
+        let producer = Arc::clone(&self.producer);
+        let outcome = blocking(move || loop {
+            match producer.commit_transaction(TRANSACTION_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => continue,
+                Err(e) if is_fenced(&e) => return Err(CommitError::Fenced(e.to_string())),
+                Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                    return Err(CommitError::Aborted {
+                        reason: e.to_string(),
+                        refused: Vec::new(),
+                    })
+                }
+                Err(e) => return Err(CommitError::Fatal(e.to_string())),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                self.take_failures();
+                Ok(())
+            }
+            Ok(Err(CommitError::Aborted { reason, .. })) => Err(self.abort(reason).await),
+            Ok(Err(other)) => Err(other),
+            Err(e) => Err(CommitError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Aborts the open transaction.
+    pub async fn abort(&self, reason: String) -> CommitError {
+        let producer = Arc::clone(&self.producer);
+        let aborted = blocking(move || producer.abort_transaction(TRANSACTION_TIMEOUT)).await;
+        let refused = self.take_failures();
+        match aborted {
+            Ok(Ok(())) => CommitError::Aborted { reason, refused },
+            Ok(Err(e)) if is_fenced(&e) => CommitError::Fenced(e.to_string()),
+            Ok(Err(e)) => CommitError::Fatal(format!("{reason}; then abort failed: {e}")),
+            Err(e) => CommitError::Fatal(e.to_string()),
+        }
+    }
+
+    fn take_failures(&self) -> Vec<(i64, KafkaError)> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReplicationError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ReplicationError::ActorGone {
+            actor: "transaction worker",
+        })
+}
