@@ -5,13 +5,14 @@
 //! copier), compares the result with what it saw last, and sends the flow
 //! [`TopicEvent`]s: added, partitions increased, config changed, removed.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::metadata::Metadata;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{client_config, LoggingContext};
 use crate::error::ReplicationError;
@@ -137,32 +138,51 @@ impl TopicReader {
         &self,
         selector: &TopicSelector,
     ) -> Result<BTreeMap<String, SourceTopic>, ReplicationError> {
+        Ok(self.read_selected(selector).await?.0)
+    }
+
+    /// Like [`selected_topics`](Self::selected_topics), plus the selected
+    /// topics the metadata reported with an error (a leader election, say):
+    /// they exist but could not be described this time.
+    async fn read_selected(
+        &self,
+        selector: &TopicSelector,
+    ) -> Result<(BTreeMap<String, SourceTopic>, BTreeSet<String>), ReplicationError> {
         let metadata = self.metadata().await?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && selector.matches(t.name()))
-            .map(|t| {
-                let replication_factor = t
-                    .partitions()
-                    .first()
-                    .map_or(1, |p| p.replicas().len() as i32);
-                (
-                    t.name().to_string(),
-                    SourceTopic {
-                        partitions: t.partitions().len() as i32,
-                        replication_factor,
-                        configs: BTreeMap::new(),
-                    },
-                )
-            })
-            .collect())
+        let mut topics = BTreeMap::new();
+        let mut errored = BTreeSet::new();
+        for t in metadata.topics() {
+            if !selector.matches(t.name()) {
+                continue;
+            }
+            if t.error().is_some() {
+                errored.insert(t.name().to_string());
+                continue;
+            }
+            let replication_factor = t
+                .partitions()
+                .first()
+                .map_or(1, |p| p.replicas().len() as i32);
+            topics.insert(
+                t.name().to_string(),
+                SourceTopic {
+                    partitions: t.partitions().len() as i32,
+                    replication_factor,
+                    configs: BTreeMap::new(),
+                },
+            );
+        }
+        Ok((topics, errored))
     }
 
     /// Adds each topic's config overrides, in one DescribeConfigs request.
+    /// A topic the answer leaves out or reports an error for keeps the
+    /// configs in `known` (none if it is new), so that a failed read never
+    /// looks like overrides removed at the source.
     pub async fn with_configs(
         &self,
         mut topics: BTreeMap<String, SourceTopic>,
+        known: &BTreeMap<String, SourceTopic>,
     ) -> Result<BTreeMap<String, SourceTopic>, ReplicationError> {
         if topics.is_empty() {
             return Ok(topics);
@@ -179,8 +199,8 @@ impl TopicReader {
                 bootstrap: self.cluster.bootstrap_servers().to_string(),
                 source,
             })?;
-        let described: Vec<_> = results.into_iter().flatten().collect();
-        for resource in described {
+        let mut described = BTreeSet::new();
+        for resource in results.into_iter().flatten() {
             let rdkafka::admin::OwnedResourceSpecifier::Topic(name) = &resource.specifier else {
                 continue;
             };
@@ -191,6 +211,14 @@ impl TopicReader {
                     .filter(|e| e.source == ConfigSource::DynamicTopic)
                     .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
                     .collect();
+                described.insert(name.clone());
+            }
+        }
+        for (name, topic) in &mut topics {
+            if !described.contains(name) {
+                if let Some(old) = known.get(name) {
+                    topic.configs = old.configs.clone();
+                }
             }
         }
         Ok(topics)
@@ -207,6 +235,97 @@ fn keep_known_configs(
         }
     }
     topics
+}
+
+/// The partition count of each topic when the flow first found it, shared
+/// with the source's rebalance handling.
+///
+/// A partition added to a topic after that holds only records written since
+/// the flow started copying the topic, and every one of them must be copied:
+/// such a partition starts at its beginning whatever `start_from` says. (With
+/// `start_from = latest` the consumer would otherwise start it at its end and
+/// skip what was written between its creation and its assignment.) Partitions
+/// with stored progress always resume from it; partitions that existed when
+/// the topic was found, and partitions added while no Strait ran, follow
+/// `start_from`.
+#[derive(Debug, Default)]
+pub struct PartitionHistory {
+    first_seen: Mutex<BTreeMap<String, i32>>,
+}
+
+impl PartitionHistory {
+    /// An empty history.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Notes `topic`'s partition count when the flow finds it; a topic
+    /// already noted keeps its first count.
+    pub fn topic_found(&self, topic: &str, partitions: i32) {
+        self.lock().entry(topic.to_string()).or_insert(partitions);
+    }
+
+    /// Forgets a topic deleted at the source: if it comes back, it is new.
+    pub fn topic_removed(&self, topic: &str) {
+        self.lock().remove(topic);
+    }
+
+    /// Of the partitions just assigned, given as (topic, partition, has
+    /// stored progress), those that must start at their beginning.
+    pub fn start_at_beginning(&self, assigned: &[(&str, i32, bool)]) -> Vec<(String, i32)> {
+        added_without_progress(&self.lock(), assigned)
+    }
+
+    /// Sets the start of every added partition without progress to its
+    /// beginning in `assignment`, which must not be assigned yet. Call it
+    /// from the rebalance callback before the assignment is applied: the
+    /// consumer then starts those partitions there directly. (Seeking after
+    /// the assignment is not reliable: librdkafka refuses to seek a partition
+    /// whose fetcher has not started yet.) Returns the partitions changed.
+    pub fn start_added_at_beginning(
+        &self,
+        assignment: &TopicPartitionList,
+        has_progress: impl Fn(&str, i32) -> bool,
+    ) -> Vec<(String, i32)> {
+        let elements = assignment.elements();
+        let assigned: Vec<(&str, i32, bool)> = elements
+            .iter()
+            .map(|e| {
+                (
+                    e.topic(),
+                    e.partition(),
+                    has_progress(e.topic(), e.partition()),
+                )
+            })
+            .collect();
+        let added = self.start_at_beginning(&assigned);
+        for (topic, partition) in &added {
+            if let Some(mut e) = assignment.find_partition(topic, *partition) {
+                // Offset::Beginning always has a raw value: this cannot fail.
+                let _ = e.set_offset(Offset::Beginning);
+            }
+        }
+        added
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, i32>> {
+        self.first_seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The assigned partitions without progress that were added after their
+/// topic was first seen.
+fn added_without_progress(
+    first_seen: &BTreeMap<String, i32>,
+    assigned: &[(&str, i32, bool)],
+) -> Vec<(String, i32)> {
+    assigned
+        .iter()
+        .filter(|(topic, partition, has_progress)| {
+            !has_progress && first_seen.get(*topic).is_some_and(|n| partition >= n)
+        })
+        .map(|(topic, partition, _)| (topic.to_string(), *partition))
+        .collect()
 }
 
 /// Polls the source for topic changes and reports them to the flow.
@@ -236,8 +355,15 @@ impl TopicDiscovery {
         let spec = Arc::clone(&self.spec);
         let known = self.known.clone();
         let read = async move {
-            let topics = reader.selected_topics(&spec.topics).await?;
-            match reader.with_configs(topics.clone()).await {
+            let (mut topics, errored) = reader.read_selected(&spec.topics).await?;
+            // A known topic with a transient metadata error is still there:
+            // keep it as it was rather than report it removed.
+            for name in errored {
+                if let Some(old) = known.get(&name) {
+                    topics.insert(name, old.clone());
+                }
+            }
+            match reader.with_configs(topics.clone(), &known).await {
                 Ok(with_configs) => Ok(with_configs),
                 Err(error) => {
                     // Configs only matter for creating and syncing topics: keep
@@ -247,21 +373,24 @@ impl TopicDiscovery {
                 }
             }
         };
-        ctx.wait(read.into_actor(self).map(|result: Result<_, ReplicationError>, act, ctx| {
-            let next = match result {
-                Ok(current) => {
-                    let events = diff(&act.known, &current);
-                    act.known = current;
-                    act.subscriber.do_send(Discovered(Ok(events)));
-                    act.spec.topic_refresh_interval
-                }
-                Err(error) => {
-                    act.subscriber.do_send(Discovered(Err(error.to_string())));
-                    act.spec.topic_refresh_interval.min(RETRY_AFTER_FAILURE)
-                }
-            };
-            ctx.run_later(next, |act, ctx| act.refresh(ctx));
-        }));
+        ctx.wait(
+            read.into_actor(self)
+                .map(|result: Result<_, ReplicationError>, act, ctx| {
+                    let next = match result {
+                        Ok(current) => {
+                            let events = diff(&act.known, &current);
+                            act.known = current;
+                            act.subscriber.do_send(Discovered(Ok(events)));
+                            act.spec.topic_refresh_interval
+                        }
+                        Err(error) => {
+                            act.subscriber.do_send(Discovered(Err(error.to_string())));
+                            act.spec.topic_refresh_interval.min(RETRY_AFTER_FAILURE)
+                        }
+                    };
+                    ctx.run_later(next, |act, ctx| act.refresh(ctx));
+                }),
+        );
     }
 }
 
@@ -301,17 +430,71 @@ mod tests {
     }
 
     #[test]
+    fn partitions_added_after_a_topic_was_found_start_at_their_beginning() {
+        let history = PartitionHistory::default();
+        history.topic_found("orders", 2);
+        // A later sighting with more partitions does not move the mark.
+        history.topic_found("orders", 4);
+        let assigned = [
+            ("orders", 0, false),
+            ("orders", 1, true),
+            ("orders", 2, false),
+            ("orders", 3, true),
+            ("unknown", 5, false),
+        ];
+        assert_eq!(
+            history.start_at_beginning(&assigned),
+            vec![("orders".to_string(), 2)],
+            "only an added partition without progress; existing ones follow start_from \
+             and progress always wins"
+        );
+        history.topic_removed("orders");
+        assert!(history.start_at_beginning(&assigned).is_empty());
+        history.topic_found("orders", 4);
+        assert!(
+            history.start_at_beginning(&assigned).is_empty(),
+            "a topic recreated with 4 partitions is new: start_from applies to all of them"
+        );
+    }
+
+    #[test]
+    fn added_partitions_without_progress_are_set_to_start_at_their_beginning() {
+        let history = PartitionHistory::default();
+        history.topic_found("orders", 1);
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition("orders", 0);
+        assignment.add_partition("orders", 1);
+        assignment.add_partition("orders", 2);
+        let changed = history.start_added_at_beginning(&assignment, |_, p| p == 2);
+        assert_eq!(changed, vec![("orders".to_string(), 1)]);
+        let offset = |p| assignment.find_partition("orders", p).map(|e| e.offset());
+        assert_eq!(
+            offset(0),
+            Some(Offset::Invalid),
+            "existing: left to start_from"
+        );
+        assert_eq!(offset(1), Some(Offset::Beginning), "added, no progress");
+        assert_eq!(offset(2), Some(Offset::Invalid), "added, but has progress");
+    }
+
+    #[test]
     fn diff_reports_each_kind_of_change() {
         let before = BTreeMap::from([
             ("kept".to_string(), topic(2, &[])),
             ("grown".to_string(), topic(2, &[])),
-            ("reconfigured".to_string(), topic(1, &[("retention.ms", "1")])),
+            (
+                "reconfigured".to_string(),
+                topic(1, &[("retention.ms", "1")]),
+            ),
             ("deleted".to_string(), topic(1, &[])),
         ]);
         let after = BTreeMap::from([
             ("kept".to_string(), topic(2, &[])),
             ("grown".to_string(), topic(5, &[])),
-            ("reconfigured".to_string(), topic(1, &[("retention.ms", "2")])),
+            (
+                "reconfigured".to_string(),
+                topic(1, &[("retention.ms", "2")]),
+            ),
             ("new".to_string(), topic(3, &[])),
         ]);
         let events = diff(&before, &after);

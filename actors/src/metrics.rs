@@ -123,6 +123,10 @@ pub const TOPICS_SELECTED: &str = "strait_topics_selected";
 /// (the destination topic).
 pub const TOPICS_CREATED: &str = "strait_topics_created_total";
 
+/// Counter, attempts: failed attempts to create or grow a destination topic,
+/// each retried with backoff. Labels: `flow`, `topic` (the destination topic).
+pub const TOPIC_CREATION_RETRIES: &str = "strait_topic_creation_retries_total";
+
 /// Counter, changes: topic configuration or partition-count updates applied to
 /// the destination. Labels: `flow`, `topic` (the destination topic).
 pub const TOPIC_CONFIG_UPDATES: &str = "strait_topic_config_updates_total";
@@ -253,6 +257,11 @@ pub fn describe() {
         "Topics created on the destination."
     );
     describe_counter!(
+        TOPIC_CREATION_RETRIES,
+        Unit::Count,
+        "Failed attempts to create or grow a destination topic, retried with backoff."
+    );
+    describe_counter!(
         TOPIC_CONFIG_UPDATES,
         Unit::Count,
         "Topic configuration or partition-count updates applied to the destination."
@@ -293,6 +302,7 @@ mod tests {
         OFFSET_COMMIT_FAILURES,
         TOPICS_SELECTED,
         TOPICS_CREATED,
+        TOPIC_CREATION_RETRIES,
         TOPIC_CONFIG_UPDATES,
         PRODUCE_ERRORS,
         CONSUME_ERRORS,

@@ -1,13 +1,34 @@
-//! Creates and grows destination topics, for the flow.
+//! Creates, grows and reconfigures destination topics, for the flow.
 //!
-//! Kept apart from the destination actor so that topic creation never waits
+//! Kept apart from the destination actor so that topic work never waits
 //! behind a mailbox that is backed up by a slow destination.
+//!
+//! # Configs
+//! A destination topic should carry its source topic's per-topic overrides,
+//! minus `topic_config_exclude`, plus the flow's `topic_config_overrides`
+//! (the [`TopicPlan`]'s `configs`). Excluded configs are *unmanaged*: Strait
+//! never copies, changes or removes them, so a destination operator may set
+//! them (`min.insync.replicas`, throttles) and they stay.
+//!
+//! Syncing uses AlterConfigs, which rdkafka offers safely and which Kafka 4.x
+//! still accepts (checked on 4.3.1). It replaces a topic's whole set of
+//! overrides, so the request carries the planned configs *and* the
+//! destination's current unmanaged ones: configs removed at the source are
+//! removed at the destination, unmanaged ones are kept. The read and the
+//! write are two requests, so a change another admin makes in between to an
+//! unmanaged config can be lost; IncrementalAlterConfigs would avoid that
+//! window but rdkafka 0.39 has no safe binding for it. Describe results lag
+//! an alter by a moment on KRaft, so a sync is not verified by reading back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::client::{client_config, LoggingContext};
@@ -23,13 +44,16 @@ pub struct TopicPlan {
     pub partitions: i32,
     /// Replication factor when created.
     pub replication_factor: i32,
-    /// Configs set when created.
+    /// Per-topic configs it should have (source overrides minus excluded,
+    /// plus the flow's overrides).
     pub configs: BTreeMap<String, String>,
+    /// Config names Strait leaves as they are on the destination.
+    pub unmanaged: BTreeSet<String>,
 }
 
-/// What [`TopicAdmin::ensure_topic`] did.
+/// What happened to the topic's partitions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ensured {
+pub enum Layout {
     /// The topic was there with enough partitions.
     Existed,
     /// The topic was created.
@@ -40,17 +64,165 @@ pub enum Ensured {
     HasMorePartitions { partitions: i32 },
 }
 
-/// Creates and grows destination topics. Shared by the flow.
+/// What happened to the topic's configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigOutcome {
+    /// Set when the topic was created.
+    SetAtCreation,
+    /// Already as planned.
+    InSync,
+    /// Changed to match the plan.
+    Updated(ConfigDiff),
+    /// Differs from the plan, and syncing is off: left as it is.
+    Differs(ConfigDiff),
+    /// Could not be read or changed; copying is not affected.
+    Failed(String),
+}
+
+/// What [`TopicAdmin::ensure_topic`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ensured {
+    /// Partitions.
+    pub layout: Layout,
+    /// Configs.
+    pub configs: ConfigOutcome,
+}
+
+/// Why a destination topic is not ready, as a fixed word for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// It does not exist and `topic_auto_create` is false.
+    Missing,
+    /// The replication factor is more than the destination's brokers.
+    ReplicationFactor,
+    /// The destination could not be reached.
+    Unreachable,
+    /// Anything else the destination refused.
+    Refused,
+}
+
+impl FailureKind {
+    /// The word used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Missing => "missing",
+            FailureKind::ReplicationFactor => "replication_factor",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Refused => "refused",
+        }
+    }
+}
+
+/// A destination topic that could not be made ready.
+#[derive(Debug)]
+pub struct TopicFailure {
+    /// What kind of problem.
+    pub kind: FailureKind,
+    /// The error, naming cluster and topic.
+    pub error: ReplicationError,
+}
+
+impl fmt::Display for TopicFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// The config changes that make a destination topic match its plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Configs to set: name -> (current value, if set; planned value).
+    pub set: BTreeMap<String, (Option<String>, String)>,
+    /// Configs to remove (back to the destination's default): name -> current value.
+    pub remove: BTreeMap<String, String>,
+}
+
+impl ConfigDiff {
+    /// The changes from `current` (the destination topic's overrides) to
+    /// `planned`, leaving `unmanaged` names alone.
+    pub fn between(
+        planned: &BTreeMap<String, String>,
+        current: &BTreeMap<String, String>,
+        unmanaged: &BTreeSet<String>,
+    ) -> Self {
+        let set = planned
+            .iter()
+            .filter(|(k, v)| current.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), (current.get(k).cloned(), v.clone())))
+            .collect();
+        let remove = current
+            .iter()
+            .filter(|(k, _)| !planned.contains_key(*k) && !unmanaged.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self { set, remove }
+    }
+
+    /// True when nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut sep = |f: &mut fmt::Formatter<'_>| {
+            let s = if first { "" } else { ", " };
+            first = false;
+            f.write_str(s)
+        };
+        for (k, (old, new)) in &self.set {
+            sep(f)?;
+            write!(f, "{k}: {} -> {new}", old.as_deref().unwrap_or("(default)"))?;
+        }
+        for (k, old) in &self.remove {
+            sep(f)?;
+            write!(f, "{k}: {old} -> (default)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The complete override set to send with AlterConfigs (which replaces all
+/// of a topic's overrides): the plan, plus the current unmanaged overrides.
+pub fn alter_request(
+    planned: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+    unmanaged: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let mut all: BTreeMap<String, String> = current
+        .iter()
+        .filter(|(k, _)| unmanaged.contains(*k) && !planned.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    all.extend(planned.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
+}
+
+/// Creates, grows and reconfigures destination topics. Shared by the flow.
 pub struct TopicAdmin {
     cluster: String,
     admin: Arc<AdminClient<LoggingContext>>,
     timeout: Duration,
 }
 
+/// A destination topic's partition count (when it exists) and the number of
+/// brokers in the cluster.
+struct Layouts {
+    partitions: Option<i32>,
+    brokers: usize,
+}
+
 impl TopicAdmin {
     /// An admin client for `cluster`.
     pub fn new(cluster: &ClusterSpec) -> Result<Self, ReplicationError> {
-        let admin = client_config(cluster, &[], &[])
+        // librdkafka's admin client is a producer underneath, and producers
+        // default to asking brokers to auto-create topics they look up: a
+        // lookup of a missing topic would create it with the broker's
+        // defaults (where `auto.create.topics.enable` is on, Kafka's default).
+        let forced = [("allow.auto.create.topics", "false".to_string())];
+        let admin = client_config(cluster, &[], &forced)
             .create_with_context(LoggingContext {
                 cluster: cluster.alias.clone(),
             })
@@ -67,46 +239,91 @@ impl TopicAdmin {
 
     /// Partition count of `topic`, or `None` when it does not exist.
     pub async fn partitions(&self, topic: &str) -> Result<Option<i32>, ReplicationError> {
+        self.layout(topic)
+            .await
+            .map(|l| l.partitions)
+            .map_err(|f| f.error)
+    }
+
+    async fn layout(&self, topic: &str) -> Result<Layouts, TopicFailure> {
         let admin = Arc::clone(&self.admin);
         let name = topic.to_string();
         let timeout = self.timeout;
-        let metadata = tokio::task::spawn_blocking(move || {
-            admin.inner().fetch_metadata(Some(&name), timeout)
-        })
-        .await
-        .map_err(|_| ReplicationError::ActorGone { actor: "metadata" })?
-        .map_err(|e| self.creation_error(topic, e.to_string()))?;
-        Ok(metadata.topics().first().and_then(|t| match t.error() {
+        let metadata =
+            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(Some(&name), timeout))
+                .await
+                .map_err(|_| self.failure(topic, FailureKind::Unreachable, "lookup interrupted"))?
+                .map_err(|e| {
+                    self.failure(topic, FailureKind::Unreachable, format!("metadata: {e}"))
+                })?;
+        let partitions = metadata.topics().first().and_then(|t| match t.error() {
             None => Some(t.partitions().len() as i32),
             Some(_) => None,
-        }))
+        });
+        Ok(Layouts {
+            partitions,
+            brokers: metadata.brokers().len(),
+        })
     }
 
     /// Makes sure the destination topic exists with at least the planned
-    /// partitions, creating it when `create` allows.
+    /// partitions (creating it when `create` allows), and compares its
+    /// configs with the plan, changing them when `sync` is on.
+    ///
+    /// Fails only when the topic cannot be used: missing, or not creatable,
+    /// or not growable. Config problems are reported in the outcome.
     pub async fn ensure_topic(
         &self,
         plan: &TopicPlan,
         create: bool,
-    ) -> Result<Ensured, ReplicationError> {
-        match self.partitions(&plan.name).await? {
-            Some(have) if have == plan.partitions => Ok(Ensured::Existed),
-            Some(have) if have > plan.partitions => {
-                Ok(Ensured::HasMorePartitions { partitions: have })
+        sync: bool,
+    ) -> Result<Ensured, TopicFailure> {
+        let layout = self.layout(&plan.name).await?;
+        let have = match layout.partitions {
+            Some(have) => have,
+            None if !create => {
+                return Err(self.failure(
+                    &plan.name,
+                    FailureKind::Missing,
+                    "it does not exist and topic_auto_create is false; create it on the \
+                     destination, or set topic_auto_create = true",
+                ))
             }
-            Some(have) => {
-                self.grow(&plan.name, plan.partitions).await?;
-                Ok(Ensured::Grown { from: have })
-            }
-            None if !create => Err(self.creation_error(
-                &plan.name,
-                "it does not exist and topic_auto_create is false".to_string(),
-            )),
-            None => self.create(plan).await,
-        }
+            None => match self.create(plan, layout.brokers).await? {
+                true => {
+                    return Ok(Ensured {
+                        layout: Layout::Created,
+                        configs: ConfigOutcome::SetAtCreation,
+                    })
+                }
+                // Created meanwhile by someone else (another instance of the
+                // flow): treat it as existing.
+                false => match self.layout(&plan.name).await?.partitions {
+                    Some(have) => have,
+                    None => {
+                        return Err(self.failure(
+                            &plan.name,
+                            FailureKind::Refused,
+                            "it was reported as existing but is not in the metadata yet",
+                        ))
+                    }
+                },
+            },
+        };
+        let layout = if have < plan.partitions {
+            self.grow(&plan.name, plan.partitions).await?;
+            Layout::Grown { from: have }
+        } else if have > plan.partitions {
+            Layout::HasMorePartitions { partitions: have }
+        } else {
+            Layout::Existed
+        };
+        let configs = self.reconcile_configs(plan, sync).await;
+        Ok(Ensured { layout, configs })
     }
 
-    async fn create(&self, plan: &TopicPlan) -> Result<Ensured, ReplicationError> {
+    /// True when created, false when it already existed.
+    async fn create(&self, plan: &TopicPlan, brokers: usize) -> Result<bool, TopicFailure> {
         let mut topic = NewTopic::new(
             &plan.name,
             plan.partitions,
@@ -120,41 +337,206 @@ impl TopicAdmin {
             .admin
             .create_topics([&topic], &options)
             .await
-            .map_err(|e| self.creation_error(&plan.name, e.to_string()))?;
+            .map_err(|e| self.failure(&plan.name, FailureKind::Unreachable, e.to_string()))?;
         for result in results {
             match result {
                 Ok(_) => {}
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(Ensured::Existed),
-                Err((_, code)) => return Err(self.creation_error(&plan.name, code.to_string())),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
+                Err((_, RDKafkaErrorCode::InvalidReplicationFactor)) => {
+                    return Err(self.failure(
+                        &plan.name,
+                        FailureKind::ReplicationFactor,
+                        format!(
+                            "replication factor {} is more than the cluster's {brokers} \
+                             available broker(s); set replication_factor for this flow, or add \
+                             brokers",
+                            plan.replication_factor
+                        ),
+                    ))
+                }
+                Err((_, code)) => {
+                    return Err(self.failure(&plan.name, FailureKind::Refused, code.to_string()))
+                }
             }
         }
-        Ok(Ensured::Created)
+        Ok(true)
     }
 
-    async fn grow(&self, topic: &str, partitions: i32) -> Result<(), ReplicationError> {
+    async fn grow(&self, topic: &str, partitions: i32) -> Result<(), TopicFailure> {
         let count = usize::try_from(partitions).unwrap_or(0);
         let options = AdminOptions::new().operation_timeout(Some(self.timeout));
         let results = self
             .admin
             .create_partitions([&NewPartitions::new(topic, count)], &options)
             .await
-            .map_err(|e| self.creation_error(topic, e.to_string()))?;
+            .map_err(|e| self.failure(topic, FailureKind::Unreachable, e.to_string()))?;
         for result in results {
             if let Err((_, code)) = result {
                 // Another instance of the flow may have grown it first.
                 if code != RDKafkaErrorCode::InvalidPartitions {
-                    return Err(self.creation_error(topic, code.to_string()));
+                    return Err(self.failure(
+                        topic,
+                        FailureKind::Refused,
+                        format!("adding partitions: {code}"),
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    fn creation_error(&self, topic: &str, reason: String) -> ReplicationError {
-        ReplicationError::TopicCreation {
-            cluster: self.cluster.clone(),
-            topic: topic.to_string(),
-            reason,
+    /// Compares the topic's configs with the plan; with `sync`, changes them.
+    async fn reconcile_configs(&self, plan: &TopicPlan, sync: bool) -> ConfigOutcome {
+        let current = match self.overrides(&plan.name).await {
+            Ok(current) => current,
+            Err(reason) => return ConfigOutcome::Failed(format!("reading configs: {reason}")),
+        };
+        // A sensitive override is described without its value: AlterConfigs
+        // could not send it back and would drop it. (Apache Kafka has no
+        // sensitive topic configs; this guards against plugins that do.)
+        let hidden: Vec<&String> = current
+            .iter()
+            .filter_map(|(k, v)| v.is_none().then_some(k))
+            .collect();
+        let readable: BTreeMap<String, String> = current
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        let diff = ConfigDiff::between(&plan.configs, &readable, &plan.unmanaged);
+        if diff.is_empty() {
+            return ConfigOutcome::InSync;
         }
+        if !sync {
+            return ConfigOutcome::Differs(diff);
+        }
+        if !hidden.is_empty() {
+            return ConfigOutcome::Failed(format!(
+                "not changed: the topic has sensitive configs ({hidden:?}) that a change would \
+                 drop"
+            ));
+        }
+        let all = alter_request(&plan.configs, &readable, &plan.unmanaged);
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&plan.name));
+        for (k, v) in &all {
+            alter = alter.set(k, v);
+        }
+        let options = AdminOptions::new().request_timeout(Some(self.timeout));
+        match self.admin.alter_configs([&alter], &options).await {
+            Err(e) => ConfigOutcome::Failed(format!("changing configs: {e}")),
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                Some((_, code)) => ConfigOutcome::Failed(format!("changing configs: {code}")),
+                None => ConfigOutcome::Updated(diff),
+            },
+        }
+    }
+
+    /// The topic's per-topic overrides (values are `None` when sensitive).
+    async fn overrides(&self, topic: &str) -> Result<BTreeMap<String, Option<String>>, String> {
+        let options = AdminOptions::new().request_timeout(Some(self.timeout));
+        let results = self
+            .admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        for result in results {
+            let resource = result.map_err(|code| code.to_string())?;
+            if matches!(&resource.specifier, OwnedResourceSpecifier::Topic(t) if t == topic) {
+                return Ok(resource
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.source == ConfigSource::DynamicTopic)
+                    .map(|e| (e.name, e.value))
+                    .collect());
+            }
+        }
+        Err("the destination did not describe the topic".to_string())
+    }
+
+    fn failure(&self, topic: &str, kind: FailureKind, reason: impl Into<String>) -> TopicFailure {
+        TopicFailure {
+            kind,
+            error: ReplicationError::TopicCreation {
+                cluster: self.cluster.clone(),
+                topic: topic.to_string(),
+                reason: reason.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn diff_sets_changed_and_added_configs_and_removes_dropped_ones() {
+        let planned = map(&[("retention.ms", "2000"), ("segment.ms", "600000")]);
+        let current = map(&[
+            ("retention.ms", "1000"),
+            ("cleanup.policy", "compact"),
+            ("min.insync.replicas", "2"),
+        ]);
+        let diff = ConfigDiff::between(&planned, &current, &set(&["min.insync.replicas"]));
+        assert_eq!(
+            diff.set,
+            BTreeMap::from([
+                (
+                    "retention.ms".to_string(),
+                    (Some("1000".to_string()), "2000".to_string())
+                ),
+                ("segment.ms".to_string(), (None, "600000".to_string())),
+            ])
+        );
+        assert_eq!(diff.remove, map(&[("cleanup.policy", "compact")]));
+        assert_eq!(
+            diff.to_string(),
+            "retention.ms: 1000 -> 2000, segment.ms: (default) -> 600000, \
+             cleanup.policy: compact -> (default)"
+        );
+    }
+
+    #[test]
+    fn diff_is_empty_when_only_unmanaged_configs_differ() {
+        let planned = map(&[("retention.ms", "1000")]);
+        let current = map(&[("retention.ms", "1000"), ("min.insync.replicas", "2")]);
+        assert!(ConfigDiff::between(&planned, &current, &set(&["min.insync.replicas"])).is_empty());
+        // Without the exclusion, the destination-only config is removed.
+        let diff = ConfigDiff::between(&planned, &current, &set(&[]));
+        assert_eq!(diff.remove, map(&[("min.insync.replicas", "2")]));
+    }
+
+    #[test]
+    fn alter_request_keeps_unmanaged_configs_and_drops_removed_ones() {
+        let planned = map(&[("retention.ms", "2000")]);
+        let current = map(&[
+            ("retention.ms", "1000"),
+            ("cleanup.policy", "compact"),
+            ("min.insync.replicas", "2"),
+        ]);
+        let all = alter_request(&planned, &current, &set(&["min.insync.replicas"]));
+        assert_eq!(
+            all,
+            map(&[("retention.ms", "2000"), ("min.insync.replicas", "2")])
+        );
+    }
+
+    #[test]
+    fn alter_request_prefers_the_plan_for_an_unmanaged_name_it_sets() {
+        // `topic_config_overrides` may name an excluded config: the override wins.
+        let planned = map(&[("min.insync.replicas", "1")]);
+        let current = map(&[("min.insync.replicas", "2")]);
+        let all = alter_request(&planned, &current, &set(&["min.insync.replicas"]));
+        assert_eq!(all, map(&[("min.insync.replicas", "1")]));
     }
 }
