@@ -87,6 +87,9 @@ pub struct Copier {
     running: Arc<AtomicBool>,
     /// Failures since the partition last made progress.
     failures_in_row: u32,
+    /// After a batch was refused as too large: send records before this
+    /// offset one at a time.
+    isolate_until: Option<i64>,
     acked_at_last_failure: u64,
 }
 
@@ -137,6 +140,7 @@ impl Copier {
             stop: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
             failures_in_row: 0,
+            isolate_until: None,
             acked_at_last_failure: 0,
         };
         Supervisor::start(|_| copier)
@@ -167,6 +171,7 @@ impl Copier {
             on_error: self.on_error.clone(),
             injected_panic: self.injected_panic.clone(),
             stop: Arc::clone(&self.stop),
+            isolate_until: self.isolate_until,
         };
         let exactly_once = self.exactly_once.clone();
         let topic = Arc::clone(&self.topic);
@@ -197,6 +202,14 @@ impl Copier {
     }
 
     fn failed(&mut self, error: ReplicationError, ctx: &mut Context<Self>) {
+        if let ReplicationError::BatchTooLarge { read_up_to, .. } = &error {
+            // Not a failure of the copier: go back and send one by one, now.
+            tracing::info!(flow = %self.flow, topic = %self.topic, partition = self.partition, error = %error, "re-sending records one at a time");
+            self.isolate_until = Some(*read_up_to);
+            self.status.set_state(PartitionState::Restarting);
+            ctx.stop();
+            return;
+        }
         let acked = self.status.progress.acked_records();
         if acked > self.acked_at_last_failure {
             // It made progress since the last failure: this is a new streak.
@@ -336,16 +349,29 @@ struct Reader {
     on_error: OnError,
     injected_panic: Option<InjectedPanic>,
     stop: Arc<AtomicBool>,
+    /// Records before this offset are sent one at a time.
+    isolate_until: Option<i64>,
 }
 
 impl Reader {
     async fn run(self) -> Result<(), ReplicationError> {
         let mut stream = self.queue.stream();
+        // Where reading has got to: the end of what a too-large batch held.
+        let mut read_up_to = 0;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
             if let Some(failure) = self.status.progress.failure() {
+                if failure.batch_too_large {
+                    return Err(ReplicationError::BatchTooLarge {
+                        topic: self.topic.to_string(),
+                        partition: self.partition,
+                        offset: failure.offset,
+                        destination_topic: self.destination_topic.to_string(),
+                        read_up_to,
+                    });
+                }
                 return Err(self.refused(failure.offset, failure.reason, failure.permanent));
             }
             let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
@@ -361,13 +387,17 @@ impl Reader {
                 }
                 Ok(Some(Ok(message))) => message,
             };
+            // After a batch was refused as too large, its records go one by
+            // one, each alone in flight, so a refusal names the record.
+            let alone = self.isolate_until.is_some_and(|end| first.offset() < end);
             let mut batch = Batch::with_capacity(
                 self.tuning.batch_max_records.min(1024),
                 self.tuning.batch_max_bytes.min(256 * 1024),
             );
             batch.push(&first);
             drop(first);
-            while batch.len() < self.tuning.batch_max_records
+            while !alone
+                && batch.len() < self.tuning.batch_max_records
                 && batch.bytes() < self.tuning.batch_max_bytes
             {
                 match stream.next().now_or_never() {
@@ -380,7 +410,21 @@ impl Reader {
                 }
             }
             self.inject_panic(&batch);
-            self.send(batch).await?;
+            read_up_to = batch.next_offset().unwrap_or(read_up_to).max(read_up_to);
+            self.send(batch, alone).await?;
+            if alone {
+                self.wait_until_acknowledged().await;
+            }
+        }
+    }
+
+    /// Waits until nothing of this partition is in flight, or a write failed.
+    async fn wait_until_acknowledged(&self) {
+        while self.status.progress.in_flight_batches() > 0
+            && self.status.progress.failure().is_none()
+            && !self.stop.load(Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -471,6 +515,17 @@ impl Reader {
                     next = Some(last_offset + 1);
                 }
                 Err(CommitError::Aborted { reason, refused: now_refused }) => {
+                    let too_large = now_refused.iter().filter(|(_, e)| destination::is_too_large(e)).count();
+                    if too_large > 1 {
+                        // A whole produce batch was refused: skipping or
+                        // dead-lettering its records would lose good ones, and
+                        // splitting batches inside a transaction is not safe here.
+                        return Err(self.refused(
+                            first_offset,
+                            format!("a produce batch of {too_large} records was refused as too large for the destination topic; set `batch.size` in [clusters.<destination>.kafka] below the topic's max.message.bytes"),
+                            true,
+                        ));
+                    }
                     for (offset, error) in now_refused {
                         if !destination::is_permanent(&error) {
                             continue;
@@ -548,7 +603,7 @@ impl Reader {
         }
     }
 
-    async fn send(&self, batch: Batch) -> Result<(), ReplicationError> {
+    async fn send(&self, batch: Batch, alone: bool) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
         };
@@ -566,6 +621,7 @@ impl Reader {
                 topic: Arc::clone(&self.destination_topic),
                 partition: self.partition,
                 ack,
+                alone,
             })
             .await
             .map_err(|_| ReplicationError::ActorGone {

@@ -74,6 +74,9 @@ pub struct InFlight {
     origin: Arc<Origin>,
     /// True for a write to the dead-letter topic.
     dead_letter: bool,
+    /// True when the record was sent alone (nothing else of its partition in
+    /// flight), so a "too large" refusal is about this record and not its batch.
+    alone: bool,
 }
 
 /// Where the records of a batch come from.
@@ -134,6 +137,11 @@ pub struct RefusedRecord<'a> {
     timestamp: Option<i64>,
 }
 
+/// True when the broker refused a record, or the batch holding it, as too large.
+pub fn is_too_large(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
 /// True for produce errors no retry can fix.
 pub fn is_permanent(error: &KafkaError) -> bool {
     matches!(
@@ -161,6 +169,12 @@ impl RefusalPolicy {
     ) {
         let reason = error.to_string();
         let (topic, partition, offset) = (Arc::clone(&delivery.origin.topic), delivery.origin.partition, delivery.offset);
+        if is_too_large(error) && !delivery.alone && !delivery.dead_letter {
+            // librdkafka does not split a refused batch: the copier re-sends
+            // the records one by one to find out.
+            delivery.ack.failed_batch_too_large(offset, reason);
+            return;
+        }
         if !is_permanent(error) {
             delivery.ack.failed(offset, reason, false);
             return;
@@ -278,6 +292,8 @@ pub struct WriteBatch {
     pub partition: i32,
     /// Acknowledges the batch's records as they are delivered.
     pub ack: Arc<BatchAck>,
+    /// A single record sent with nothing else of its partition in flight.
+    pub alone: bool,
 }
 
 impl Handler<WriteBatch> for Destination {
@@ -306,6 +322,7 @@ async fn write_batch(
                 offset: record.offset,
                 origin: Arc::clone(&origin),
                 dead_letter: false,
+                alone: msg.alone,
             }),
         )
         .partition(msg.partition);
@@ -321,10 +338,12 @@ async fn write_batch(
                 headers: owned_headers(&record),
                 timestamp: record.timestamp,
             };
+            // Refused by the producer itself: a verdict on this record alone.
+            let in_flight = InFlight { alone: true, ..*refused.delivery_opaque };
             producer
                 .context()
                 .refusals
-                .handle(&error, content, *refused.delivery_opaque, Some(&producer));
+                .handle(&error, content, in_flight, Some(&producer));
             if let Some(failure) = msg.ack.progress().failure() {
                 let fields = (msg.source_topic.to_string(), msg.partition, failure.offset, msg.topic.to_string(), failure.reason);
                 return Err(if failure.permanent {
@@ -379,6 +398,7 @@ where
             {
                 metadata_refreshed = true;
                 record = back;
+                tracing::info!(topic = record.topic, partition = ?record.partition, "partition unknown to the producer; refreshing the destination topic's metadata");
                 let _ = producer
                     .client()
                     .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);

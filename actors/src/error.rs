@@ -82,6 +82,16 @@ pub enum ReplicationError {
         destination_topic: String,
         reason: String,
     },
+    /// The destination refused a produce batch as too large for the topic;
+    /// the records up to `read_up_to` are sent again one by one.
+    #[error("{topic}[{partition}]: a batch from offset {offset} was too large for `{destination_topic}`; sending those records one by one")]
+    BatchTooLarge {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        destination_topic: String,
+        read_up_to: i64,
+    },
     /// A transactional producer call failed.
     #[error("cluster `{cluster}`: transaction failed: {reason}")]
     Transaction { cluster: String, reason: String },

@@ -58,6 +58,9 @@ pub struct Failure {
     pub reason: String,
     /// True when retrying cannot help.
     pub permanent: bool,
+    /// The broker refused a whole produce batch as too large: the records
+    /// must be sent again one by one to learn which, if any, is too large.
+    pub batch_too_large: bool,
 }
 
 impl PartitionProgress {
@@ -262,6 +265,20 @@ impl BatchAck {
                 offset,
                 reason,
                 permanent,
+                batch_too_large: false,
+            },
+        );
+    }
+
+    /// The produce batch holding this record was too large for the topic.
+    pub fn failed_batch_too_large(&self, offset: i64, reason: String) {
+        self.progress.fail(
+            self.epoch,
+            Failure {
+                offset,
+                reason,
+                permanent: false,
+                batch_too_large: true,
             },
         );
     }

@@ -272,6 +272,7 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                             topic: Arc::from("events"),
                             partition: 0,
                             ack,
+                            alone: false,
                         })
                         .await
                         .expect("destination alive")
