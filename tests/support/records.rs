@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -699,4 +699,337 @@ pub fn id_report(src: &[Vec<Rec>], dst: &[Vec<Rec>]) -> IdReport {
 /// Per-partition record counts, for messages.
 pub fn counts(parts: &[Vec<Rec>]) -> BTreeMap<usize, usize> {
     parts.iter().map(Vec::len).enumerate().collect()
+}
+
+// ---------------------------------------------------------------------------
+// Verifying a copy (the fault tests' last step; reusable by `strait verify`)
+// ---------------------------------------------------------------------------
+
+/// The delivery mode a flow runs in, as the verifier and the config see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Duplicates after a fault are allowed (counted and printed).
+    AtLeastOnce,
+    /// A `read_committed` reader of the destination sees each record once.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// The value of the flow's `delivery` key.
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+/// One partition of a [`Verification`]: counts by payload id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionCheck {
+    pub partition: usize,
+    pub source_records: usize,
+    pub destination_records: usize,
+    /// Source ids of this partition absent from the same destination partition.
+    pub lost: usize,
+    /// Destination records of this partition beyond the first copy of their id.
+    pub duplicates: usize,
+    /// Exactly-once only: the destination's ids are not the source's, in order.
+    pub sequence_differs: Option<String>,
+}
+
+/// What the destination holds compared with the source, overall and per
+/// partition, and what is wrong with it for the delivery mode.
+#[derive(Debug)]
+pub struct Verification {
+    pub delivery: Delivery,
+    pub report: IdReport,
+    pub partitions: Vec<PartitionCheck>,
+}
+
+impl Verification {
+    /// Every way the copy breaks the delivery mode's promise; empty when none.
+    /// Both modes: nothing lost, nothing unexpected, nothing in another
+    /// partition, first copies in source order. Exactly-once: no duplicates,
+    /// and each destination partition is the source partition's id sequence.
+    pub fn problems(&self) -> Vec<String> {
+        let r = &self.report;
+        let mut problems = Vec::new();
+        if r.lost > 0 {
+            problems.push(format!(
+                "{} source records lost (e.g. ids {:?})",
+                r.lost, r.lost_examples
+            ));
+        }
+        if r.unexpected > 0 {
+            problems.push(format!(
+                "{} destination records not on the source",
+                r.unexpected
+            ));
+        }
+        if r.wrong_partition > 0 {
+            problems.push(format!(
+                "{} records copied to another partition",
+                r.wrong_partition
+            ));
+        }
+        for o in &r.out_of_order {
+            problems.push(format!("first copies out of source order: {o}"));
+        }
+        if self.delivery == Delivery::ExactlyOnce {
+            if r.duplicates > 0 {
+                problems.push(format!(
+                    "{} duplicates in exactly-once mode (read_committed)",
+                    r.duplicates
+                ));
+            }
+            for p in &self.partitions {
+                if let Some(d) = &p.sequence_differs {
+                    problems.push(format!("partition {}: {d}", p.partition));
+                }
+            }
+        }
+        problems
+    }
+
+    /// One line overall, then one per partition.
+    pub fn summary(&self) -> String {
+        let r = &self.report;
+        let mut s = format!(
+            "{:?}: {} source records, {} destination records (read_committed), \
+             {} lost, {} duplicates",
+            self.delivery, r.source_records, r.destination_records, r.lost, r.duplicates
+        );
+        for p in &self.partitions {
+            s.push_str(&format!(
+                "\n  partition {}: source {}, destination {}, lost {}, duplicates {}",
+                p.partition, p.source_records, p.destination_records, p.lost, p.duplicates
+            ));
+        }
+        s
+    }
+}
+
+/// Compares a source topic's records with its copy's by payload id, per
+/// partition, for `delivery`. Pure: see [`verify_copy`] to read the clusters.
+pub fn check_copy(src: &[Vec<Rec>], dst: &[Vec<Rec>], delivery: Delivery) -> Verification {
+    let report = id_report(src, dst);
+    let empty = Vec::new();
+    let partitions = (0..src.len().max(dst.len()))
+        .map(|p| {
+            let s = src.get(p).unwrap_or(&empty);
+            let d = dst.get(p).unwrap_or(&empty);
+            let src_ids: Vec<Option<u64>> = s.iter().map(|r| payload_id(&r.value)).collect();
+            let dst_ids: Vec<Option<u64>> = d.iter().map(|r| payload_id(&r.value)).collect();
+            let here: HashSet<Option<u64>> = dst_ids.iter().copied().collect();
+            let mut seen = HashSet::new();
+            let duplicates = dst_ids.iter().filter(|id| !seen.insert(**id)).count();
+            let sequence_differs = (src_ids != dst_ids).then(|| {
+                let i = src_ids
+                    .iter()
+                    .zip(&dst_ids)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(src_ids.len().min(dst_ids.len()));
+                let show = |ids: &[Option<u64>]| -> String {
+                    let shown: Vec<String> = ids[i.min(ids.len())..(i + 5).min(ids.len())]
+                        .iter()
+                        .map(|id| id.map_or("no id".to_string(), |id| id.to_string()))
+                        .collect();
+                    format!(
+                        "[{}{}]",
+                        shown.join(", "),
+                        if ids.len() > i + 5 { ", ..." } else { "" }
+                    )
+                };
+                format!(
+                    "destination ids differ from the source's from position {i}: \
+                     source {}, destination {} (lengths {} and {})",
+                    show(&src_ids),
+                    show(&dst_ids),
+                    src_ids.len(),
+                    dst_ids.len()
+                )
+            });
+            PartitionCheck {
+                partition: p,
+                source_records: s.len(),
+                destination_records: d.len(),
+                lost: src_ids.iter().filter(|id| !here.contains(id)).count(),
+                duplicates,
+                sequence_differs,
+            }
+        })
+        .collect();
+    Verification {
+        delivery,
+        report,
+        partitions,
+    }
+}
+
+/// The verifier every fault test ends with: reads `topic` on the source and
+/// `dst_topic` on the destination (both `read_committed`), compares them per
+/// partition by payload id, prints the counts (duplicates included), and
+/// panics when anything was lost, or duplicated in exactly-once mode.
+pub fn verify_copy(
+    src_bootstrap: &str,
+    dst_bootstrap: &str,
+    topic: &str,
+    dst_topic: &str,
+    partitions: i32,
+    delivery: Delivery,
+) -> Verification {
+    let src = read_topic(src_bootstrap, topic, partitions);
+    let dst = read_topic(dst_bootstrap, dst_topic, partitions);
+    let v = check_copy(&src, &dst, delivery);
+    eprintln!("verify {topic} -> {dst_topic}: {}", v.summary());
+    let problems = v.problems();
+    assert!(
+        problems.is_empty(),
+        "destination topic {dst_topic} is not a {:?} copy of source topic {topic}:\n- {}\n{}",
+        delivery,
+        problems.join("\n- "),
+        v.summary()
+    );
+    assert_eq!(v.report.lost, 0);
+    if delivery == Delivery::ExactlyOnce {
+        assert_eq!(v.report.duplicates, 0);
+    }
+    v
+}
+
+/// Waits until the destination holds every record of `src` (read beforehand,
+/// once the source stopped changing) with nothing lost: cheap watermark
+/// checks first, then a full `read_committed` read. `alive` is called on each
+/// round (e.g. to fail early when Strait exited) and adds its text to the
+/// state shown on timeout. In exactly-once mode records may sit in an open
+/// transaction for a while, so "nothing lost" is read, never inferred.
+pub fn wait_for_complete_copy(
+    src: &[Vec<Rec>],
+    dst_bootstrap: &str,
+    dst_topic: &str,
+    delivery: Delivery,
+    timeout: Duration,
+    mut alive: impl FnMut() -> String,
+) -> Verification {
+    let partitions = src.len() as i32;
+    let expected: i64 = src.iter().map(|p| p.len() as i64).sum();
+    wait_until(
+        &format!("all {expected} source records in {dst_topic} on the destination ({delivery:?})"),
+        timeout,
+        || {
+            let state = alive();
+            // Every record, plus transaction markers in exactly-once mode,
+            // lies below the high watermarks: until they add up, don't read.
+            let marks = total_records(dst_bootstrap, dst_topic, partitions);
+            if marks.unwrap_or(0) < expected {
+                return Err(format!(
+                    "destination high watermarks add up to {marks:?}\n{state}"
+                ));
+            }
+            let v = check_copy(
+                src,
+                &read_topic(dst_bootstrap, dst_topic, partitions),
+                delivery,
+            );
+            if v.report.lost > 0 {
+                return Err(format!("{}\n{state}", v.summary()));
+            }
+            Ok(v)
+        },
+    )
+}
+
+/// A stream of id records produced in the background at a steady pace until
+/// stopped or `max` records are out: record `n` has payload id `n`, key
+/// `k<n>`, and goes to partition `n % partitions`. Sent in slices of a tenth
+/// of a second, each flushed, so [`acknowledged`](Self::acknowledged) counts
+/// records the source holds; a source outage just makes a flush wait.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    pub fn start(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        records_per_second: u64,
+        padding: usize,
+        max: u64,
+    ) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let handle = {
+            let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+            let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+            std::thread::spawn(move || {
+                let mut producer = TestProducer::new(&bootstrap);
+                let slice = (records_per_second / 10).max(1);
+                let start = Instant::now();
+                let mut next = 0u64;
+                while next < max && !stop.load(Ordering::SeqCst) {
+                    let end = (next + slice).min(max);
+                    for id in next..end {
+                        let p = (id % partitions as u64) as i32;
+                        producer.send(
+                            &topic,
+                            &Out::keyed(p, format!("k{id}"), id_payload(id, padding)),
+                        );
+                    }
+                    producer.flush();
+                    next = end;
+                    acknowledged.store(next, Ordering::SeqCst);
+                    let due = Duration::from_millis(next * 1000 / records_per_second);
+                    if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(ahead);
+                    }
+                }
+            })
+        };
+        Stream {
+            stop,
+            acknowledged,
+            handle: Some(handle),
+        }
+    }
+
+    /// Records the source has acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::SeqCst)
+    }
+
+    /// True once the producing thread has ended (`max` reached).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().map_or(true, |h| h.is_finished())
+    }
+
+    /// Stops producing (after the current slice) and returns the number of
+    /// records produced; panics if producing failed.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// Waits until `max` records are produced; returns the count.
+    pub fn finish(mut self) -> u64 {
+        self.join()
+    }
+
+    fn join(&mut self) -> u64 {
+        if let Some(h) = self.handle.take() {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        self.acknowledged()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }

@@ -77,6 +77,13 @@ pub struct Config {
     pub http_port: u16,
     /// Raw TOML appended to the file, for keys not covered above.
     pub extra: String,
+    /// Raw TOML lines inside the `[[flows]]` table (e.g. `delivery = ...`);
+    /// see [`Config::flow_key`].
+    pub flow_extra: String,
+    /// `[clusters.source.kafka]` properties; see [`Config::kafka`].
+    pub source_kafka: Vec<(String, String)>,
+    /// `[clusters.destination.kafka]` properties; see [`Config::kafka`].
+    pub destination_kafka: Vec<(String, String)>,
 }
 
 impl Config {
@@ -94,7 +101,41 @@ impl Config {
             log_level: "info".to_string(),
             http_port: free_port(),
             extra: String::new(),
+            flow_extra: String::new(),
+            source_kafka: Vec::new(),
+            destination_kafka: Vec::new(),
         }
+    }
+
+    /// Adds `key = value` to the flow (`value` is raw TOML: quote strings).
+    pub fn flow_key(mut self, key: &str, value: &str) -> Self {
+        writeln!(self.flow_extra, "{key} = {value}").unwrap();
+        self
+    }
+
+    /// Sets the flow's `delivery` mode.
+    pub fn delivery(self, delivery: super::records::Delivery) -> Self {
+        self.flow_key("delivery", &toml_str(delivery.config_value()))
+    }
+
+    /// Adds a librdkafka property to `[clusters.<cluster>.kafka]`, where
+    /// `cluster` is `"source"` or `"destination"`.
+    pub fn kafka(mut self, cluster: &str, key: &str, value: &str) -> Self {
+        let props = match cluster {
+            "source" => &mut self.source_kafka,
+            "destination" => &mut self.destination_kafka,
+            other => panic!("no cluster named {other:?} in a test config"),
+        };
+        props.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The same config with another free `[http] listen` port, for a second
+    /// instance of the same flow.
+    pub fn another_instance(&self) -> Self {
+        let mut c = self.clone();
+        c.http_port = free_port();
+        c
     }
 
     /// The file's text.
@@ -111,9 +152,11 @@ impl Config {
         writeln!(s).unwrap();
         writeln!(s, "[clusters.source]").unwrap();
         writeln!(s, "bootstrap_servers = {}", toml_str(&self.source)).unwrap();
+        write_kafka_table(&mut s, "source", &self.source_kafka);
         writeln!(s).unwrap();
         writeln!(s, "[clusters.destination]").unwrap();
         writeln!(s, "bootstrap_servers = {}", toml_str(&self.destination)).unwrap();
+        write_kafka_table(&mut s, "destination", &self.destination_kafka);
         writeln!(s).unwrap();
         writeln!(s, "[[flows]]").unwrap();
         writeln!(s, "source = \"source\"").unwrap();
@@ -129,6 +172,7 @@ impl Config {
             toml_str(&self.topic_refresh_interval)
         )
         .unwrap();
+        s.push_str(&self.flow_extra);
         writeln!(s).unwrap();
         writeln!(s, "[http]").unwrap();
         writeln!(s, "listen = \"127.0.0.1:{}\"", self.http_port).unwrap();
@@ -145,6 +189,17 @@ impl Config {
 
     fn shutdown_timeout(&self) -> Duration {
         parse_duration(&self.shutdown_timeout).unwrap_or(Duration::from_secs(20))
+    }
+}
+
+/// `[clusters.<alias>.kafka]` with `props`, when there are any.
+fn write_kafka_table(s: &mut String, alias: &str, props: &[(String, String)]) {
+    if props.is_empty() {
+        return;
+    }
+    writeln!(s, "[clusters.{alias}.kafka]").unwrap();
+    for (k, v) in props {
+        writeln!(s, "{} = {}", toml_str(k), toml_str(v)).unwrap();
     }
 }
 
@@ -187,6 +242,8 @@ pub struct Strait {
     pub http: SocketAddr,
     shutdown_timeout: Duration,
     child: Mutex<Option<Child>>,
+    /// Extra environment of every run (e.g. `STRAIT_FAULTS`).
+    env: Vec<(String, String)>,
     runs: usize,
     /// Set once a panic message already carries the log tail.
     log_shown: AtomicBool,
@@ -195,6 +252,12 @@ pub struct Strait {
 impl Strait {
     /// Writes `config` to a fresh temporary directory and starts Strait on it.
     pub fn start(name: &str, config: &Config) -> Strait {
+        Self::start_with_env(name, config, &[])
+    }
+
+    /// [`start`](Self::start) with `env` added to the process's environment,
+    /// for this run and every restart.
+    pub fn start_with_env(name: &str, config: &Config, env: &[(&str, &str)]) -> Strait {
         let (dir, config_path) = write_config_file("strait.toml", &config.to_toml());
         let dir_path = dir.path().to_path_buf();
         let mut s = Strait {
@@ -206,6 +269,10 @@ impl Strait {
             http: SocketAddr::from(([127, 0, 0, 1], config.http_port)),
             shutdown_timeout: config.shutdown_timeout(),
             child: Mutex::new(None),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             runs: 0,
             log_shown: AtomicBool::new(false),
         };
@@ -245,6 +312,7 @@ impl Strait {
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(&self.dir_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -459,6 +527,68 @@ impl Strait {
         )
     }
 
+    /// `/proc/<pid>/status` memory figures of the running process.
+    pub fn memory(&self) -> Option<Memory> {
+        let pid = self.pid()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = |key: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Memory {
+            rss_kb: kb("VmRSS:")?,
+            peak_rss_kb: kb("VmHWM:")?,
+        })
+    }
+
+    /// GET `path` on Strait's HTTP server: (status code, body), whatever the
+    /// code; `Err` when the server does not answer. Panics if Strait exited.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        self.assert_running();
+        match http_get(self.http, path) {
+            Ok(body) => Ok((200, body)),
+            Err(e) => {
+                // http_get's error for a non-200: "GET <path>: HTTP/1.1 <code> <reason>: <body>"
+                let rest = e.strip_prefix(&format!("GET {path}: ")).unwrap_or("");
+                let code = rest
+                    .strip_prefix("HTTP/1.")
+                    .and_then(|r| r.get(2..5))
+                    .and_then(|c| c.parse().ok());
+                match code {
+                    Some(code) => {
+                        let body = rest.split_once(": ").map(|(_, b)| b).unwrap_or("");
+                        Ok((code, body.to_string()))
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The value of the Prometheus sample `name{labels}` whose labels include
+    /// every `label="value"` of `labels`, from `/metrics`; `None` when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<Option<f64>, String> {
+        let (code, body) = self.get("/metrics")?;
+        if code != 200 {
+            return Err(format!("/metrics answered {code}: {body}"));
+        }
+        Ok(body.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| labels_text.split(',').any(|l| l == format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse().ok())?
+        }))
+    }
+
     /// The partitions this instance reports as assigned and copying
     /// (not stopped or failed), from `/status`.
     pub fn active_partitions(&self) -> Result<Vec<PartitionStatus>, String> {
@@ -515,6 +645,15 @@ fn tail(path: &Path, n: usize) -> String {
 // /status
 // ---------------------------------------------------------------------------
 
+/// Memory of a process, from `/proc/<pid>/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// VmRSS: resident now.
+    pub rss_kb: u64,
+    /// VmHWM: the most ever resident.
+    pub peak_rss_kb: u64,
+}
+
 /// One partition of `/status` (`flows[].topics{}.assigned[]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionStatus {
@@ -526,6 +665,11 @@ pub struct PartitionStatus {
     pub committed_offset: Option<i64>,
     pub lag_records: Option<i64>,
     pub records_replicated: u64,
+    /// Copier restarts of this partition.
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    /// The source high watermark Strait last saw.
+    pub source_high_watermark: Option<i64>,
 }
 
 impl PartitionStatus {
@@ -555,6 +699,9 @@ pub fn partitions(status: &Value) -> Vec<PartitionStatus> {
                     committed_offset: p["committed_offset"].as_i64(),
                     lag_records: p["lag_records"].as_i64(),
                     records_replicated: p["records_replicated"].as_u64().unwrap_or(0),
+                    restarts: p["restarts"].as_u64().unwrap_or(0),
+                    last_error: p["last_error"].as_str().map(str::to_string),
+                    source_high_watermark: p["source_high_watermark"].as_i64(),
                 });
             }
         }
