@@ -30,6 +30,7 @@ use rdkafka::admin::{
     OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::error::RDKafkaErrorCode;
+use tokio::sync::Semaphore;
 
 use crate::client::{client_config, LoggingContext};
 use crate::error::ReplicationError;
@@ -200,11 +201,16 @@ pub fn alter_request(
     all
 }
 
+/// Topics prepared at the same time: a flow finding a thousand topics at
+/// start-up asks the destination about a few at a time, not all at once.
+const CONCURRENT_TOPICS: usize = 8;
+
 /// Creates, grows and reconfigures destination topics. Shared by the flow.
 pub struct TopicAdmin {
     cluster: String,
     admin: Arc<AdminClient<LoggingContext>>,
     timeout: Duration,
+    permits: Semaphore,
 }
 
 /// A destination topic's partition count (when it exists) and the number of
@@ -234,6 +240,7 @@ impl TopicAdmin {
             cluster: cluster.alias.clone(),
             admin: Arc::new(admin),
             timeout: Duration::from_secs(10),
+            permits: Semaphore::new(CONCURRENT_TOPICS),
         })
     }
 
@@ -278,6 +285,8 @@ impl TopicAdmin {
         create: bool,
         sync: bool,
     ) -> Result<Ensured, TopicFailure> {
+        // Never closed, so acquiring only waits for a turn.
+        let _turn = self.permits.acquire().await;
         let layout = self.layout(&plan.name).await?;
         let have = match layout.partitions {
             Some(have) => have,
