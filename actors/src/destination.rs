@@ -54,6 +54,9 @@ fn producer_forced() -> Vec<(&'static str, String)> {
     vec![
         // Retries never reorder or duplicate within a partition.
         ("enable.idempotence", "true".into()),
+        // A destination topic deleted while Strait runs must not come back
+        // with broker defaults: topics are created by the flow, as planned.
+        ("allow.auto.create.topics", "false".into()),
         ("acks", "all".into()),
     ]
 }

@@ -149,7 +149,7 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if self.shutting_down.load(Ordering::SeqCst) {
             return;
         }
@@ -157,9 +157,6 @@ impl ConsumerContext for SourceContext {
             let assigned = std::mem::take(&mut *self.split.lock().unwrap_or_else(|e| e.into_inner()));
             if assigned.is_empty() {
                 return;
-            }
-            if let StartFrom::Timestamp(ms) = self.start_from {
-                seek_to_timestamp(base, &assigned, ms, &self.cluster);
             }
             if let Some(supervisor) = self.supervisor.get() {
                 // Runs on the driver thread, never on the arbiter: safe to wait.
@@ -188,6 +185,9 @@ impl SourceContext {
             for (topic, partition) in self.history.start_added_at_beginning(tpl, has_progress) {
                 tracing::info!(cluster = %self.cluster, topic, partition, "partition added after its topic was found: copying it from its beginning");
             }
+        }
+        if let StartFrom::Timestamp(ms) = self.start_from {
+            start_at_timestamp(base, tpl, committed.as_ref(), ms, &self.cluster);
         }
         let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
         for e in tpl.elements() {
@@ -274,36 +274,44 @@ fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
     }
 }
 
-fn seek_to_timestamp<C: ConsumerContext>(
+/// Points partitions without stored progress at the first record at or after
+/// `ms`, in the assignment itself: librdkafka refuses to seek a partition
+/// whose fetcher has not started yet.
+fn start_at_timestamp<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    assigned: &[AssignedPartition],
+    assignment: &TopicPartitionList,
+    committed: Option<&TopicPartitionList>,
     ms: i64,
     cluster: &str,
 ) {
-    let mut tpl = TopicPartitionList::new();
-    for p in assigned.iter().filter(|p| p.committed.is_none()) {
-        let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(ms));
+    let mut lookup = TopicPartitionList::new();
+    for e in assignment.elements() {
+        let has_progress = committed
+            .and_then(|c| c.find_partition(e.topic(), e.partition()))
+            .is_some_and(|c| matches!(c.offset(), Offset::Offset(_)));
+        // Partitions already placed (e.g. added ones, from their beginning) keep their place.
+        if !has_progress && e.offset() == Offset::Invalid {
+            let _ = lookup.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms));
+        }
     }
-    if tpl.count() == 0 {
+    if lookup.count() == 0 {
         return;
     }
-    match consumer.offsets_for_times(tpl, Duration::from_secs(10)) {
+    match consumer.offsets_for_times(lookup, Duration::from_secs(10)) {
         Ok(found) => {
-            for e in found.elements() {
-                let offset = match e.offset() {
+            for f in found.elements() {
+                // No record at or after the timestamp: start at the end.
+                let offset = match f.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
-                    // No record at or after the timestamp: start at the end.
                     _ => Offset::End,
                 };
-                if let Err(error) =
-                    consumer.seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
-                {
-                    tracing::warn!(cluster, topic = e.topic(), partition = e.partition(), error = %error, "could not seek to start_from");
+                if let Some(mut e) = assignment.find_partition(f.topic(), f.partition()) {
+                    let _ = e.set_offset(offset);
                 }
             }
         }
         Err(error) => {
-            tracing::warn!(cluster, error = %error, "could not look up offsets for start_from")
+            tracing::warn!(cluster, error = %error, "could not look up offsets for start_from; starting from the earliest")
         }
     }
 }
