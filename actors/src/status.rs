@@ -5,8 +5,9 @@
 //! and bootstrap servers only.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -35,6 +36,8 @@ impl StatusBoard {
                 state: Mutex::new(FlowState::Starting),
                 partitions: RwLock::default(),
                 topics: RwLock::default(),
+                source_reachability: Reachability::default(),
+                destination_reachability: Reachability::default(),
             })
         }))
     }
@@ -47,19 +50,16 @@ impl StatusBoard {
         }
     }
 
-    /// `Ok` when every flow is copying; otherwise why not.
+    /// `Ok` when every flow is copying: it is running, neither of its
+    /// clusters failed its last reachability check, and none of its
+    /// partitions' copiers is restarting or failed. Otherwise why not, one
+    /// reason per flow (at most a few partitions named).
     pub fn ready(&self) -> Result<(), String> {
         let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
         if flows.is_empty() {
             return Err("no flow has started yet".to_string());
         }
-        let not_ready: Vec<String> = flows
-            .values()
-            .filter_map(|f| {
-                let state = f.state();
-                (state != FlowState::Running).then(|| format!("flow `{}` is {state}", f.name))
-            })
-            .collect();
+        let not_ready: Vec<String> = flows.values().filter_map(|f| f.not_ready()).collect();
         if not_ready.is_empty() {
             Ok(())
         } else {
@@ -73,7 +73,12 @@ impl StatusBoard {
         let mut acked = 0;
         let mut lag = 0;
         for f in flows.values() {
-            for p in f.partitions.read().unwrap_or_else(|e| e.into_inner()).values() {
+            for p in f
+                .partitions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
                 acked += p.progress.acked_records();
                 lag += p.progress.lag().unwrap_or(0);
             }
@@ -98,6 +103,27 @@ pub enum FlowState {
     Stopped,
 }
 
+impl std::fmt::Display for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PartitionState::Copying => "copying",
+            PartitionState::Restarting => "restarting",
+            PartitionState::Failed => "failed",
+            PartitionState::Stopped => "stopped",
+        })
+    }
+}
+
+impl PartitionState {
+    /// Every state, for metrics with one series per state.
+    pub const ALL: [PartitionState; 4] = [
+        PartitionState::Copying,
+        PartitionState::Restarting,
+        PartitionState::Failed,
+        PartitionState::Stopped,
+    ];
+}
+
 impl std::fmt::Display for FlowState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
@@ -108,6 +134,42 @@ impl std::fmt::Display for FlowState {
             FlowState::Stopped => "stopped",
         };
         f.write_str(s)
+    }
+}
+
+/// A cluster's part in a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRole {
+    /// Records are read from it.
+    Source,
+    /// Records are written to it.
+    Destination,
+}
+
+impl std::fmt::Display for ClusterRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClusterRole::Source => "source",
+            ClusterRole::Destination => "destination",
+        })
+    }
+}
+
+/// What the last reachability check of a cluster found.
+#[derive(Debug, Default)]
+struct Reachability {
+    /// `None` until the first check.
+    last: Mutex<Option<Result<(), String>>>,
+}
+
+impl Reachability {
+    fn set(&self, result: Result<(), String>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    }
+
+    fn get(&self) -> Option<Result<(), String>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -134,6 +196,8 @@ pub struct FlowStatus {
     state: Mutex<FlowState>,
     partitions: RwLock<BTreeMap<(String, i32), Arc<PartitionStatus>>>,
     topics: RwLock<BTreeMap<String, TopicStatus>>,
+    source_reachability: Reachability,
+    destination_reachability: Reachability,
 }
 
 impl FlowStatus {
@@ -150,6 +214,73 @@ impl FlowStatus {
     /// Moves the flow to `state`.
     pub fn set_state(&self, state: FlowState) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// The alias of the cluster playing `role`.
+    pub fn cluster(&self, role: ClusterRole) -> &str {
+        match role {
+            ClusterRole::Source => &self.source,
+            ClusterRole::Destination => &self.destination,
+        }
+    }
+
+    /// Notes the outcome of a reachability check of the flow's `role` cluster:
+    /// `Err` holds why it could not be reached (no secret: an error message
+    /// naming the cluster by alias and bootstrap servers).
+    pub fn set_reachable(&self, role: ClusterRole, result: Result<(), String>) {
+        match role {
+            ClusterRole::Source => self.source_reachability.set(result),
+            ClusterRole::Destination => self.destination_reachability.set(result),
+        }
+    }
+
+    /// The last reachability check of the `role` cluster; `None` before the first.
+    pub fn reachable(&self, role: ClusterRole) -> Option<Result<(), String>> {
+        match role {
+            ClusterRole::Source => self.source_reachability.get(),
+            ClusterRole::Destination => self.destination_reachability.get(),
+        }
+    }
+
+    /// Why the flow is not copying, or `None` when it is.
+    fn not_ready(&self) -> Option<String> {
+        let state = self.state();
+        if state != FlowState::Running {
+            return Some(format!("flow `{}` is {state}", self.name));
+        }
+        for role in [ClusterRole::Source, ClusterRole::Destination] {
+            if let Some(Err(error)) = self.reachable(role) {
+                return Some(format!(
+                    "flow `{}`: {role} cluster `{}` is unreachable: {error}",
+                    self.name,
+                    self.cluster(role)
+                ));
+            }
+        }
+        const NAMED: usize = 3;
+        let stuck: Vec<String> = self
+            .partitions()
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.state(),
+                    PartitionState::Restarting | PartitionState::Failed
+                )
+            })
+            .map(|p| format!("{}[{}] is {}", p.topic, p.partition, p.state()))
+            .collect();
+        if stuck.is_empty() {
+            return None;
+        }
+        let more = match stuck.len() {
+            n if n > NAMED => format!(" and {} more", n - NAMED),
+            _ => String::new(),
+        };
+        Some(format!(
+            "flow `{}`: {}{more}",
+            self.name,
+            stuck[..stuck.len().min(NAMED)].join(", ")
+        ))
     }
 
     /// Notes a topic the flow copies and where to.
@@ -170,7 +301,10 @@ impl FlowStatus {
 
     /// Topics known to the flow.
     pub fn topics(&self) -> BTreeMap<String, TopicStatus> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The status of an assigned partition, created on first use.
@@ -193,6 +327,7 @@ impl FlowStatus {
                         state: Mutex::new(PartitionState::Copying),
                         restarts: AtomicU64::new(0),
                         last_error: Mutex::new(None),
+                        destination_offset: AtomicI64::new(-1),
                     })
                 }),
         )
@@ -254,11 +389,27 @@ impl FlowStatus {
                 .assigned
                 .push(snap);
         }
+        let reachability = |role| match self.reachable(role) {
+            None => ReachabilitySnapshot {
+                reachable: None,
+                error: None,
+            },
+            Some(Ok(())) => ReachabilitySnapshot {
+                reachable: Some(true),
+                error: None,
+            },
+            Some(Err(error)) => ReachabilitySnapshot {
+                reachable: Some(false),
+                error: Some(error),
+            },
+        };
         FlowSnapshot {
             name: self.name.clone(),
             source: self.source.clone(),
             destination: self.destination.clone(),
             state: self.state(),
+            source_reachability: reachability(ClusterRole::Source),
+            destination_reachability: reachability(ClusterRole::Destination),
             topics,
         }
     }
@@ -289,6 +440,8 @@ pub struct PartitionStatus {
     state: Mutex<PartitionState>,
     restarts: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Next offset after the newest record the destination acknowledged (-1: none yet).
+    destination_offset: AtomicI64,
 }
 
 impl PartitionStatus {
@@ -313,6 +466,38 @@ impl PartitionStatus {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// Notes that the destination acknowledged a record written at
+    /// `offset` of the destination partition. Cheap (one atomic maximum):
+    /// call it from the delivery callback.
+    pub fn destination_delivered(&self, offset: i64) {
+        self.destination_offset
+            .fetch_max(offset.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Next offset after the newest record the destination acknowledged,
+    /// once one has been.
+    pub fn destination_offset(&self) -> Option<i64> {
+        let offset = self.destination_offset.load(Ordering::Relaxed);
+        (offset >= 0).then_some(offset)
+    }
+
+    /// Seconds between now and the source timestamp of the newest
+    /// acknowledged record while records remain to copy; 0 when caught up;
+    /// `None` when unknown.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        match self.progress.lag()? {
+            0 => Some(0.0),
+            _ => {
+                let ts = self.progress.last_acked_timestamp()?;
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()?
+                    .as_millis() as i64;
+                Some((now_ms - ts).max(0) as f64 / 1000.0)
+            }
+        }
+    }
+
     /// The last error, if any.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -327,6 +512,8 @@ impl PartitionStatus {
             state: self.state(),
             source_high_watermark: self.progress.high_watermark(),
             replicated_offset: self.progress.committable(),
+            destination_offset: self.destination_offset(),
+            lag_seconds: self.lag_seconds(),
             committed_offset: self.progress.committed(),
             lag_records: self.progress.lag(),
             in_flight_batches: self.progress.in_flight_batches(),
@@ -355,8 +542,21 @@ pub struct FlowSnapshot {
     pub destination: String,
     /// The flow's state.
     pub state: FlowState,
+    /// The source cluster's last reachability check.
+    pub source_reachability: ReachabilitySnapshot,
+    /// The destination cluster's last reachability check.
+    pub destination_reachability: ReachabilitySnapshot,
     /// Per source topic.
     pub topics: BTreeMap<String, TopicSnapshot>,
+}
+
+/// A cluster's last reachability check in `/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReachabilitySnapshot {
+    /// `true`: it answered; `false`: it did not; `null`: not checked yet.
+    pub reachable: Option<bool>,
+    /// Why it could not be reached.
+    pub error: Option<String>,
 }
 
 /// One topic in `/status`.
@@ -383,6 +583,12 @@ pub struct PartitionSnapshot {
     pub source_high_watermark: Option<i64>,
     /// Next source offset not yet acknowledged by the destination.
     pub replicated_offset: Option<i64>,
+    /// Next destination offset after the newest record the destination
+    /// acknowledged, when known.
+    pub destination_offset: Option<i64>,
+    /// Age of the newest acknowledged record while records remain to copy;
+    /// 0 when caught up.
+    pub lag_seconds: Option<f64>,
     /// Last offset committed to the source consumer group.
     pub committed_offset: Option<i64>,
     /// Records still to copy.
@@ -395,4 +601,84 @@ pub struct PartitionSnapshot {
     pub restarts: u64,
     /// The last error.
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running_flow(board: &StatusBoard) -> Arc<FlowStatus> {
+        let flow = board.flow("f", "east", "central");
+        flow.set_state(FlowState::Running);
+        flow
+    }
+
+    #[test]
+    fn ready_needs_a_running_flow() {
+        let board = StatusBoard::new();
+        assert_eq!(board.ready(), Err("no flow has started yet".to_string()));
+        let flow = board.flow("f", "east", "central");
+        assert_eq!(board.ready(), Err("flow `f` is starting".to_string()));
+        flow.set_state(FlowState::Running);
+        assert_eq!(board.ready(), Ok(()));
+    }
+
+    #[test]
+    fn ready_needs_both_clusters_reachable() {
+        let board = StatusBoard::new();
+        let flow = running_flow(&board);
+        flow.set_reachable(ClusterRole::Source, Ok(()));
+        flow.set_reachable(
+            ClusterRole::Destination,
+            Err("cluster `central` (c:9092) is unreachable: timed out".to_string()),
+        );
+        let why = board.ready().expect_err("destination down");
+        assert!(
+            why.contains("destination cluster `central` is unreachable"),
+            "{why}"
+        );
+        flow.set_reachable(ClusterRole::Destination, Ok(()));
+        assert_eq!(board.ready(), Ok(()));
+        let snap = board.snapshot();
+        assert_eq!(snap.flows[0].destination_reachability.reachable, Some(true));
+    }
+
+    #[test]
+    fn ready_needs_every_copier_running() {
+        let board = StatusBoard::new();
+        let flow = running_flow(&board);
+        for p in 0..5 {
+            flow.partition("orders", p, "orders");
+        }
+        assert_eq!(board.ready(), Ok(()));
+        flow.partition("orders", 1, "orders")
+            .set_state(PartitionState::Restarting);
+        let why = board.ready().expect_err("a copier restarts");
+        assert_eq!(why, "flow `f`: orders[1] is restarting");
+        for p in 0..5 {
+            flow.partition("orders", p, "orders")
+                .set_state(PartitionState::Failed);
+        }
+        let why = board.ready().expect_err("copiers failed");
+        assert!(why.ends_with("and 2 more"), "{why}");
+        flow.partition("orders", 0, "orders")
+            .set_state(PartitionState::Stopped);
+    }
+
+    #[test]
+    fn destination_offset_is_the_next_after_the_newest_acknowledged() {
+        let board = StatusBoard::new();
+        let p = running_flow(&board).partition("t", 0, "t");
+        assert_eq!(p.destination_offset(), None);
+        p.destination_delivered(41);
+        p.destination_delivered(7);
+        assert_eq!(p.destination_offset(), Some(42));
+        p.progress.set_start(10);
+        p.progress.set_high_watermark(10);
+        assert_eq!(p.lag_seconds(), Some(0.0), "caught up");
+        let snap = board.snapshot();
+        let part = &snap.flows[0].topics["t"].assigned[0];
+        assert_eq!(part.destination_offset, Some(42));
+        assert_eq!(part.lag_seconds, Some(0.0));
+    }
 }
