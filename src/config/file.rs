@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// What `/metrics` exports.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -56,6 +59,29 @@ impl Default for HttpConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:9464".to_string()
+}
+
+/// `[metrics]`: what `/metrics` exports.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label per-partition metrics with the partition number. Turn it off on
+    /// clusters with many thousands of partitions: the partitions of a topic
+    /// then share one series (counts summed, ages the largest).
+    #[serde(default = "default_true")]
+    pub partition_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            partition_labels: default_true(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[log]`: what is logged and how. `RUST_LOG`, when set, overrides `level`.

@@ -192,7 +192,14 @@ fn translate_raw(error: config::ConfigError, format: Format) -> ConfigError {
 }
 
 /// The keys of the file's top level.
-const TOP_LEVEL_KEYS: &[&str] = &["clusters", "flows", "shutdown_timeout", "http", "log"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "clusters",
+    "flows",
+    "shutdown_timeout",
+    "http",
+    "log",
+    "metrics",
+];
 
 /// A serde message raised at `parent` (the key of the table being read).
 fn from_message(parent: &str, message: &str) -> ConfigError {

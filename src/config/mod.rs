@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`mod@file`]: the top level (`clusters`, `flows`, `[http]`, `[log]`,
-//!   `shutdown_timeout`) as written, with defaults.
+//!   `[metrics]`, `shutdown_timeout`) as written, with defaults.
 //! - [`cluster`]: `[clusters.NAME]`, librdkafka properties, secrets, [`redact`].
 //! - [`flow`]: `[[flows]]` as written, with defaults.
 //! - [`mod@env`]: the `STRAIT__*` environment overrides.
@@ -31,7 +31,7 @@ mod tests;
 
 pub use cluster::{redact, ClusterConfig, PropertyValue, REDACTED};
 pub use error::ConfigError;
-pub use file::{ConfigFile, HttpConfig, LogConfig};
+pub use file::{ConfigFile, HttpConfig, LogConfig, MetricsConfig};
 pub use flow::{FlowConfig, DEFAULT_TOPIC_CONFIG_EXCLUDE};
 pub use load::{load, load_with_env, parse, Format};
-pub use settings::{HttpSettings, LogFormat, LogSettings, Settings};
+pub use settings::{HttpSettings, LogFormat, LogSettings, MetricsSettings, Settings};

@@ -19,6 +19,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
+    /// What `/metrics` exports.
+    pub metrics: MetricsSettings,
     /// How long a clean stop may take (also in every flow's tuning).
     pub shutdown_timeout: Duration,
     /// Every cluster in the file, by alias, whether a flow uses it or not.
@@ -66,6 +68,13 @@ impl Settings {
 pub struct HttpSettings {
     /// Where the server listens.
     pub listen: SocketAddr,
+}
+
+/// `[metrics]`, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Per-partition metrics carry a `partition` label.
+    pub partition_labels: bool,
 }
 
 /// `[log]`, validated.

@@ -1110,3 +1110,32 @@ fn demo_config_is_what_the_demo_expects() {
     assert_eq!(f.topic_refresh_interval, Duration::from_secs(5));
     assert_eq!(s.http.listen, "127.0.0.1:9464".parse().unwrap());
 }
+
+#[test]
+fn metrics_partition_labels_default_on_and_can_be_turned_off() {
+    let s = toml(&with_flow(EAST_TO_CENTRAL)).expect("valid");
+    assert!(s.metrics.partition_labels, "on by default");
+    let s = toml(&format!(
+        "{}\n[metrics]\npartition_labels = false\n",
+        with_flow(EAST_TO_CENTRAL)
+    ))
+    .expect("valid");
+    assert!(!s.metrics.partition_labels);
+    let s = toml_env(
+        &with_flow(EAST_TO_CENTRAL),
+        &[("STRAIT__METRICS__PARTITION_LABELS", "false")],
+    )
+    .expect("valid");
+    assert!(!s.metrics.partition_labels, "from the environment");
+    let msg = error(&format!(
+        "{}\n[metrics]\npartition_label = false\n",
+        with_flow(EAST_TO_CENTRAL)
+    ));
+    assert_mentions(
+        &msg,
+        &[
+            "metrics.partition_label: unknown key",
+            "did you mean `partition_labels`",
+        ],
+    );
+}

@@ -18,7 +18,7 @@ use super::error::ConfigError;
 use super::file::{ConfigFile, HttpConfig, LogConfig};
 use super::flow::{DeliveryConfig, FlowConfig, OnErrorConfig, StartFromConfig};
 use super::load::one_line;
-use super::settings::{HttpSettings, LogSettings, Settings};
+use super::settings::{HttpSettings, LogSettings, MetricsSettings, Settings};
 
 /// Kafka's limit on a topic name's length.
 const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -75,6 +75,9 @@ pub(crate) fn settings(file: ConfigFile) -> Result<Settings, ConfigError> {
         flows,
         http,
         log,
+        metrics: MetricsSettings {
+            partition_labels: file.metrics.partition_labels,
+        },
         shutdown_timeout: file.shutdown_timeout,
         clusters,
         secret_properties,
