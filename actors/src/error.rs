@@ -92,6 +92,9 @@ pub enum ReplicationError {
         destination_topic: String,
         read_up_to: i64,
     },
+    /// The exactly-once offset map could not be read.
+    #[error("cluster `{cluster}`: cannot read the exactly-once offset map: {reason}")]
+    OffsetMap { cluster: String, reason: String },
     /// A transactional producer call failed.
     #[error("cluster `{cluster}`: transaction failed: {reason}")]
     Transaction { cluster: String, reason: String },

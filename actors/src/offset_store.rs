@@ -134,7 +134,7 @@ pub fn read(
         &[],
         &[
             ("isolation.level", "read_committed".to_string()),
-            ("enable.partition.eof", "true".to_string()),
+            ("enable.partition.eof", "false".to_string()),
             ("enable.auto.commit", "false".to_string()),
             ("group.id", format!("{group_id}.offsets-reader")),
         ],
@@ -154,27 +154,34 @@ pub fn read(
         .first()
         .filter(|t| t.error().is_none())
         .map_or(0, |t| t.partitions().len() as i32);
+    // Read up to the end each partition has now: other copiers commit to this
+    // topic all the time, so waiting for "end of partition" may never end.
     let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
     for p in 0..partitions {
-        let _ = tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::Beginning);
+        let (low, high) = consumer
+            .fetch_watermarks(OFFSETS_TOPIC, p, Duration::from_secs(10))
+            .map_err(unreachable)?;
+        if high > low {
+            let _ = tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::Offset(low));
+            ends.push((p, high));
+        }
     }
     let mut stored = BTreeMap::new();
-    if partitions == 0 {
+    if ends.is_empty() {
         return Ok(stored);
     }
     consumer.assign(&tpl).map_err(unreachable)?;
     let prefix = format!("{group_id}/");
     let deadline = Instant::now() + READ_TIMEOUT;
-    let mut at_end = 0;
-    while at_end < partitions {
+    while !reached(&consumer, &ends) {
         if Instant::now() > deadline {
-            return Err(ReplicationError::TopicCreation {
+            return Err(ReplicationError::OffsetMap {
                 cluster: cluster.alias.clone(),
-                topic: OFFSETS_TOPIC.to_string(),
-                reason: "timed out reading the stored offsets".to_string(),
+                reason: format!("timed out after {READ_TIMEOUT:?} reading {OFFSETS_TOPIC}"),
             });
         }
-        match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
@@ -200,10 +207,26 @@ pub fn read(
                     Some(Err(_)) => {}
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "reading {OFFSETS_TOPIC}"),
-            None => {}
         }
     }
     Ok(stored)
+}
+
+/// True once the consumer's position (past any transaction markers) has
+/// reached every partition's end.
+fn reached<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    ends: &[(i32, i64)],
+) -> bool {
+    let Ok(position) = consumer.position() else {
+        return false;
+    };
+    ends.iter().all(|(p, end)| {
+        matches!(
+            position.find_partition(OFFSETS_TOPIC, *p).map(|e| e.offset()),
+            Some(Offset::Offset(o)) if o >= *end
+        )
+    })
 }

@@ -575,6 +575,9 @@ fn spawn_driver(
 /// served. Every assigned partition has its own queue, so records only show
 /// up here if a partition could not be split.
 fn drive(consumer: Arc<SourceConsumer>, stop: Arc<AtomicBool>) {
+    // The same error repeats many times a second while a cluster is down:
+    // say it when it changes, and again at most every half minute.
+    let mut last_error: Option<(String, std::time::Instant)> = None;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(error) => {
@@ -593,7 +596,14 @@ fn drive(consumer: Arc<SourceConsumer>, stop: Arc<AtomicBool>) {
                     "record arrived outside its partition queue; it is not copied by this instance"
                 ),
                 Ok(Err(error)) => {
-                    tracing::warn!(cluster = %consumer.context().cluster, error = %error, "source consumer error")
+                    let text = error.to_string();
+                    let repeat = last_error.as_ref().is_some_and(|(last, at)| {
+                        *last == text && at.elapsed() < Duration::from_secs(30)
+                    });
+                    if !repeat {
+                        tracing::warn!(cluster = %consumer.context().cluster, error = %error, "source consumer error; librdkafka keeps retrying");
+                        last_error = Some((text, std::time::Instant::now()));
+                    }
                 }
             }
         }
