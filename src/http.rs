@@ -8,11 +8,18 @@
 //! start-up, naming the address, then run [`serve_on`] until the shutdown
 //! future completes. The server runs on whatever Tokio runtime polls it,
 //! including actix's current-thread System (spawn it with `actix_rt::spawn`).
+//!
+//! `/ready` is 200 only when every flow is running, both of its clusters
+//! answered their last reachability check and no copier is restarting or
+//! failed. The checks come from [`spawn_reachability_probe`], which asks each
+//! cluster for its metadata every few seconds.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -21,9 +28,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use strait_actors::discovery::TopicReader;
 use strait_actors::metrics as names;
-use strait_actors::status::FlowState;
-use strait_actors::StatusBoard;
+use strait_actors::status::{ClusterRole, FlowState, PartitionState};
+use strait_actors::{ClusterSpec, FlowSpec, StatusBoard};
 use tokio::net::TcpListener;
 
 /// The content type of the Prometheus text exposition format.
@@ -143,8 +151,79 @@ async fn not_found() -> (StatusCode, &'static str) {
     )
 }
 
+/// How often [`spawn_reachability_probe`] checks each cluster.
+pub const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Checks every cluster of `flows` now and then every `every`, by asking it
+/// for its metadata, and notes the outcome on the board for `/ready`,
+/// `/status` and `strait_cluster_reachable`. One check per cluster, shared by
+/// every flow that uses it. Must be called within a Tokio runtime (actix's
+/// System is one); abort the returned task to stop it.
+pub fn spawn_reachability_probe(
+    board: Arc<StatusBoard>,
+    flows: &[FlowSpec],
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    // Per cluster alias: its spec and the (flow, role) pairs that use it.
+    let mut clusters: BTreeMap<String, (ClusterSpec, Vec<(String, ClusterRole)>)> = BTreeMap::new();
+    for flow in flows {
+        for (cluster, role) in [
+            (&flow.source, ClusterRole::Source),
+            (&flow.destination, ClusterRole::Destination),
+        ] {
+            clusters
+                .entry(cluster.alias.clone())
+                .or_insert_with(|| (cluster.clone(), Vec::new()))
+                .1
+                .push((flow.name.clone(), role));
+        }
+    }
+    let flows: Vec<(String, String, String)> = flows
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                f.source.alias.clone(),
+                f.destination.alias.clone(),
+            )
+        })
+        .collect();
+    tokio::spawn(async move {
+        let readers: Vec<_> = clusters
+            .into_values()
+            .map(|(spec, users)| (TopicReader::new(&spec).map_err(|e| e.to_string()), users))
+            .collect();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (reader, users) in &readers {
+                let result = match reader {
+                    Ok(reader) => reader
+                        .metadata()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(error) => Err(error.clone()),
+                };
+                for (flow, role) in users {
+                    let Some((name, source, destination)) =
+                        flows.iter().find(|(name, _, _)| name == flow)
+                    else {
+                        continue;
+                    };
+                    board
+                        .flow(name, source, destination)
+                        .set_reachable(*role, result.clone());
+                }
+            }
+        }
+    })
+}
+
 /// Appends the gauges computed at scrape time rather than recorded:
-/// `strait_up`, `strait_build_info` and `strait_flow_state`.
+/// `strait_up`, `strait_build_info`, `strait_flow_state`, `strait_partitions`
+/// and `strait_cluster_reachable`.
 fn process_metrics(board: &StatusBoard, out: &mut String) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
@@ -183,6 +262,65 @@ fn process_metrics(board: &StatusBoard, out: &mut String) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP {p} Partitions of this process in each copier state.\n# TYPE {p} gauge",
+        p = names::PARTITIONS_BY_STATE
+    );
+    for flow in &flows {
+        for state in PartitionState::ALL {
+            let count = flow
+                .topics
+                .values()
+                .flat_map(|t| &t.assigned)
+                .filter(|p| p.state == state)
+                .count();
+            let _ = writeln!(
+                out,
+                "{p}{{{f}=\"{flow}\",{st}=\"{state}\"}} {count}",
+                p = names::PARTITIONS_BY_STATE,
+                f = names::labels::FLOW,
+                st = names::labels::STATE,
+                flow = escape_label(&flow.name),
+            );
+        }
+    }
+    let checked: Vec<_> = flows
+        .iter()
+        .flat_map(|f| {
+            [
+                (f, "source", &f.source, &f.source_reachability),
+                (
+                    f,
+                    "destination",
+                    &f.destination,
+                    &f.destination_reachability,
+                ),
+            ]
+        })
+        .filter_map(|(f, role, alias, r)| Some((f, role, alias, r.reachable?)))
+        .collect();
+    if checked.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {c} 1 when the cluster answered its last reachability check, 0 when not.\n# TYPE {c} gauge",
+        c = names::CLUSTER_REACHABLE
+    );
+    for (flow, role, alias, reachable) in checked {
+        let _ = writeln!(
+            out,
+            "{c}{{{f}=\"{flow}\",{r}=\"{role}\",{cl}=\"{alias}\"}} {v}",
+            c = names::CLUSTER_REACHABLE,
+            f = names::labels::FLOW,
+            r = names::labels::ROLE,
+            cl = names::labels::CLUSTER,
+            flow = escape_label(&flow.name),
+            alias = escape_label(alias),
+            v = u8::from(reachable),
+        );
+    }
 }
 
 /// Escapes a label value for the Prometheus text format.
@@ -202,7 +340,6 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strait_actors::status::PartitionState;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
@@ -283,7 +420,28 @@ mod tests {
 
         flow.set_state(FlowState::Running);
         let r = get(addr, "/ready").await;
+        assert_eq!(r.status, 503, "a copier is restarting: {}", r.body);
+        assert!(r.body.contains("orders[3] is restarting"), "{}", r.body);
+
+        p.set_state(PartitionState::Copying);
+        flow.set_reachable(ClusterRole::Source, Ok(()));
+        flow.set_reachable(
+            ClusterRole::Destination,
+            Err("cluster `central` (c:9092) is unreachable: all brokers down".to_string()),
+        );
+        let r = get(addr, "/ready").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(
+            r.body
+                .contains("destination cluster `central` is unreachable"),
+            "{}",
+            r.body
+        );
+
+        flow.set_reachable(ClusterRole::Destination, Ok(()));
+        let r = get(addr, "/ready").await;
         assert_eq!(r.status, 200, "{}", r.body);
+        p.set_state(PartitionState::Restarting);
 
         let r = get(addr, "/health").await;
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
@@ -300,6 +458,7 @@ mod tests {
         assert_eq!(f["name"], "east-to-central");
         assert_eq!(f["source"], "east");
         assert_eq!(f["state"], "running");
+        assert_eq!(f["destination_reachability"]["reachable"], true);
         let part = &f["topics"]["orders"]["assigned"][0];
         assert_eq!(part["partition"], 3);
         assert_eq!(part["lag_records"], 60);
@@ -328,6 +487,14 @@ mod tests {
             "{}",
             r.body
         );
+        for series in [
+            r#"strait_partitions{flow="east-to-central",state="restarting"} 1"#,
+            r#"strait_partitions{flow="east-to-central",state="copying"} 0"#,
+            r#"strait_cluster_reachable{flow="east-to-central",role="source",cluster="east"} 1"#,
+            r#"strait_cluster_reachable{flow="east-to-central",role="destination",cluster="central"} 1"#,
+        ] {
+            assert!(r.body.contains(series), "{series}:\n{}", r.body);
+        }
 
         let r = get(addr, "/").await;
         assert_eq!(r.status, 200);
