@@ -1,6 +1,12 @@
 //! What `strait run` tells a person at the terminal: a start-up summary, then
 //! a progress line every few seconds.
 //!
+//! The summary names what the config says (clusters, flows and their topic
+//! patterns, where the HTTP endpoints are); once the flows have found their
+//! topics, a line says which topics and how many partitions are copied, and
+//! again whenever that changes. Then every few seconds: records/s, bytes/s,
+//! total lag.
+//!
 //! The summary takes plain data, not the config, so that it names exactly
 //! what it is given: cluster aliases and bootstrap servers, never a property
 //! that could hold a secret. The progress line is only printed when stderr is
@@ -112,8 +118,9 @@ fn servers_for_display(servers: &str) -> String {
         .join(",")
 }
 
-/// Prints a progress line to stderr every `every`, but only when stderr is a
-/// terminal; otherwise does nothing and returns `None`. Must be called within
+/// Prints a progress line to stderr every `every` (and a topics line when the
+/// copied topics change), but only when stderr is a terminal; otherwise does
+/// nothing and returns `None`. Must be called within
 /// a Tokio runtime (actix's System is one). Abort the returned task to stop it.
 ///
 /// Rates come from the records and bytes the destination acknowledged, summed
@@ -130,8 +137,13 @@ pub fn spawn_progress_line(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut last = (Instant::now(), Totals::of(&board));
+        let mut topics_said = String::new();
         loop {
             tick.tick().await;
+            if let Some(line) = topics_line(&board).filter(|l| *l != topics_said) {
+                eprintln!("{line}");
+                topics_said = line;
+            }
             let now = (Instant::now(), Totals::of(&board));
             let elapsed = now.0.duration_since(last.0).as_secs_f64();
             // Revoked partitions leave the board: a sum may go down; count that as 0.
@@ -179,6 +191,46 @@ impl Totals {
         }
         t
     }
+}
+
+/// How many topic names [`topics_line`] lists before "and N more".
+const TOPICS_LISTED: usize = 5;
+
+/// `strait: copying 3 topics, 12 partitions (8 here): clicks, orders, payments`,
+/// or `None` while no flow has found a topic yet.
+pub fn topics_line(board: &StatusBoard) -> Option<String> {
+    let mut names = Vec::new();
+    let mut partitions: i64 = 0;
+    let mut here = 0usize;
+    for flow in board.snapshot().flows {
+        for (name, topic) in &flow.topics {
+            names.push(name.clone());
+            partitions += i64::from(topic.partitions.max(0));
+            here += topic.assigned.len();
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut list = names
+        .iter()
+        .take(TOPICS_LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > TOPICS_LISTED {
+        let _ = write!(list, " and {} more", names.len() - TOPICS_LISTED);
+    }
+    Some(format!(
+        "strait: copying {} topic{}, {} partition{} ({} here): {list}",
+        thousands(names.len() as u64),
+        if names.len() == 1 { "" } else { "s" },
+        thousands(partitions as u64),
+        if partitions == 1 { "" } else { "s" },
+        thousands(here as u64),
+    ))
 }
 
 /// `strait: 12,345 rec/s  1.2 MB/s  lag 4,321 records  8 partitions`
@@ -334,6 +386,36 @@ mod tests {
                 lag: 24,
                 partitions: 3
             }
+        );
+    }
+
+    #[test]
+    fn the_topics_line_lists_topics_and_partitions() {
+        let board = StatusBoard::new();
+        assert_eq!(topics_line(&board), None, "nothing found yet");
+        let flow = board.flow("f", "a", "b");
+        for (name, partitions) in [
+            ("orders", 4),
+            ("payments", 2),
+            ("a", 1),
+            ("b", 1),
+            ("c", 1),
+            ("d", 1),
+        ] {
+            flow.set_topic(
+                name,
+                strait_actors::status::TopicStatus {
+                    destination_topic: name.to_string(),
+                    partitions,
+                    state: "copying".to_string(),
+                },
+            );
+        }
+        flow.partition("orders", 0, "orders");
+        flow.partition("orders", 1, "orders");
+        assert_eq!(
+            topics_line(&board).as_deref(),
+            Some("strait: copying 6 topics, 10 partitions (2 here): a, b, c, d, orders and 1 more")
         );
     }
 }
