@@ -37,7 +37,11 @@ pub enum Command {
     },
     /// Compare source and destination topics partition by partition
     ///
-    /// Exit code 0: in sync; 1: a mismatch; 2: a bad config.
+    /// Reads each partition of the source topic and of its copy and compares
+    /// record counts and contents (key, value, headers, timestamp), lined up
+    /// by position. Prints a table per topic: in sync, missing N, extra or
+    /// duplicated N. Exit code 0: in sync; 1: a mismatch (or a cluster that
+    /// cannot be read); 2: a bad config or bad arguments.
     Verify {
         /// The config file (TOML, or YAML/JSON by extension).
         #[arg(short, long, env = "STRAIT_CONFIG", value_name = "FILE")]
@@ -49,6 +53,9 @@ pub enum Command {
         /// flows replicate.
         #[arg(long = "topic", value_name = "T")]
         topics: Vec<String>,
+        /// Partitions, time range and alignment window.
+        #[command(flatten)]
+        limits: crate::verify::Limits,
     },
 }
 
@@ -122,6 +129,7 @@ mod tests {
                 config: "s.toml".into(),
                 flow: Some("east-to-west".into()),
                 topics: vec!["orders".into(), "payments".into()],
+                limits: crate::verify::Limits::default(),
             }
         );
         let cli = parse(&["verify", "-c", "s.toml"]).expect("parses");
@@ -131,8 +139,50 @@ mod tests {
                 config: "s.toml".into(),
                 flow: None,
                 topics: vec![],
+                limits: crate::verify::Limits::default(),
             }
         );
+    }
+
+    #[test]
+    fn verify_takes_partitions_a_time_range_and_a_window() {
+        use crate::verify::{PartitionSpec, TimeBound};
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let cli = parse(&[
+            "verify",
+            "-c",
+            "s.toml",
+            "--partition",
+            "0-2,5",
+            "--partition",
+            "9",
+            "--from",
+            "2024-01-01T00:00:00Z",
+            "--to",
+            "1h",
+            "--window",
+            "1000",
+        ])
+        .expect("parses");
+        let Command::Verify { limits, .. } = cli.command else {
+            panic!("not verify: {cli:?}");
+        };
+        assert_eq!(
+            limits.partitions,
+            vec![
+                PartitionSpec { first: 0, last: 2 },
+                PartitionSpec { first: 5, last: 5 },
+                PartitionSpec { first: 9, last: 9 },
+            ]
+        );
+        assert_eq!(limits.from, Some(TimeBound::At(1_704_067_200_000)));
+        assert_eq!(
+            limits.to,
+            Some(TimeBound::Ago(std::time::Duration::from_secs(3600)))
+        );
+        assert_eq!(limits.window, 1000);
+        let err = parse(&["verify", "-c", "s.toml", "--partition", "x"]).expect_err("bad");
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`http`]: `/metrics`, `/health`, `/ready`, `/status` and the status page.
 //! - [`telemetry`]: logs and the metrics recorder.
 //! - [`progress`]: the start-up summary and the periodic progress line.
+//! - [`verify`]: `strait verify`, compares source and destination topics.
 //!
 //! The actors themselves (source, discovery, copiers, destination) live in the
 //! `strait-actors` crate, in `actors/`.
@@ -20,3 +21,4 @@ pub mod http;
 pub mod progress;
 pub mod run;
 pub mod telemetry;
+pub mod verify;

@@ -44,10 +44,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Verify { .. } => {
-            eprintln!("strait: `verify` is not available in this version yet");
-            ExitCode::from(1)
-        }
+        Command::Verify {
+            config,
+            flow,
+            topics,
+            limits,
+        } => strait::verify::command(&config, flow, topics, limits),
     }
 }
 
