@@ -374,7 +374,7 @@ mod tests {
             let p = flow.partition("t", partition, "t");
             p.progress.set_start(10);
             p.progress.set_high_watermark(20);
-            let ack = p.progress.register(2, 300, 10, 12, None);
+            let ack = p.progress.register(2, 300, 10, 12, None, None);
             ack.delivered();
             ack.delivered();
         }

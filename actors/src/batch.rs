@@ -129,6 +129,11 @@ impl Batch {
         self.records.last().map(|r| r.offset + 1)
     }
 
+    /// Timestamp of the first record.
+    pub fn first_timestamp(&self) -> Option<i64> {
+        self.records.first().and_then(|r| r.timestamp)
+    }
+
     /// Timestamp of the last record.
     pub fn last_timestamp(&self) -> Option<i64> {
         self.records.last().and_then(|r| r.timestamp)

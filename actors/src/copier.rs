@@ -33,6 +33,7 @@ use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
 use crate::source::{SourceConsumer, SourceContext};
 use crate::offset_store::{self, StoredOffset};
+use crate::progress::Timing;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::transactional::{CommitError, TransactionalWriter};
 use crate::status::{PartitionState, PartitionStatus};
@@ -218,13 +219,9 @@ impl Copier {
         self.acked_at_last_failure = acked;
         self.failures_in_row += 1;
         self.status.record_failure(error.to_string());
-        metrics::counter!(
-            names::COPIER_RESTARTS,
-            labels::FLOW => self.flow.to_string(),
-            labels::TOPIC => self.topic.to_string(),
-            labels::PARTITION => self.partition.to_string(),
-        )
-        .increment(1);
+        if let Some(m) = self.status.progress.metrics() {
+            m.restarted();
+        }
         let limit = self.tuning.max_consecutive_failures;
         let give_up = error.is_permanent() || (limit > 0 && self.failures_in_row >= limit);
         if give_up {
@@ -387,6 +384,7 @@ impl Reader {
                 }
                 Ok(Some(Ok(message))) => message,
             };
+            let read_at = Instant::now();
             // After a batch was refused as too large, its records go one by
             // one, each alone in flight, so a refusal names the record.
             let alone = self.isolate_until.is_some_and(|end| first.offset() < end);
@@ -411,7 +409,7 @@ impl Reader {
             }
             self.inject_panic(&batch);
             read_up_to = batch.next_offset().unwrap_or(read_up_to).max(read_up_to);
-            self.send(batch, alone).await?;
+            self.send(batch, alone, read_at).await?;
             if alone {
                 self.wait_until_acknowledged().await;
             }
@@ -468,6 +466,10 @@ impl Reader {
                 Ok(Some(Ok(m))) => m,
             };
             writer.begin()?;
+            let timing = Timing {
+                read_at: Instant::now(),
+                first_timestamp: first.timestamp().to_millis(),
+            };
             let deadline = Instant::now() + self.tuning.transaction_interval;
             let (first_offset, mut last_offset, mut last_timestamp) =
                 (first.offset(), first.offset(), first.timestamp().to_millis());
@@ -510,7 +512,7 @@ impl Reader {
                 Ok(()) => {
                     self.status
                         .progress
-                        .register(records, bytes, first_offset, last_offset + 1, last_timestamp)
+                        .register(records, bytes, first_offset, last_offset + 1, last_timestamp, Some(timing))
                         .delivered_all();
                     next = Some(last_offset + 1);
                 }
@@ -603,7 +605,7 @@ impl Reader {
         }
     }
 
-    async fn send(&self, batch: Batch, alone: bool) -> Result<(), ReplicationError> {
+    async fn send(&self, batch: Batch, alone: bool, read_at: Instant) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
         };
@@ -613,6 +615,10 @@ impl Reader {
             first,
             next,
             batch.last_timestamp(),
+            Some(Timing {
+                read_at,
+                first_timestamp: batch.first_timestamp(),
+            }),
         );
         self.destination
             .send(WriteBatch {
@@ -649,12 +655,9 @@ impl Reader {
             error = %error,
             "error reading the source partition; the consumer retries"
         );
-        metrics::counter!(
-            names::CONSUME_ERRORS,
-            labels::TOPIC => self.topic.to_string(),
-            labels::PARTITION => self.partition.to_string(),
-        )
-        .increment(1);
+        if let Some(m) = self.status.progress.metrics() {
+            m.consume_error(names::error_kind(error));
+        }
     }
 
     fn inject_panic(&self, batch: &Batch) {

@@ -172,6 +172,7 @@ impl RefusalPolicy {
     ) {
         let reason = error.to_string();
         let (topic, partition, offset) = (Arc::clone(&delivery.origin.topic), delivery.origin.partition, delivery.offset);
+        metrics::counter!(names::PRODUCE_ERRORS, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string(), labels::KIND => names::error_kind(error)).increment(1);
         if is_too_large(error) && !delivery.alone && !delivery.dead_letter {
             // librdkafka does not split a refused batch: the copier re-sends
             // the records one by one to find out.
@@ -191,7 +192,7 @@ impl RefusalPolicy {
             OnError::Fail => delivery.ack.failed(offset, reason, true),
             OnError::Skip => {
                 tracing::warn!(flow = %self.flow, topic = %topic, partition, offset, error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
-                metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string(), labels::REASON => error_kind(error)).increment(1);
+                metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string(), labels::REASON => names::error_kind(error)).increment(1);
                 delivery.ack.delivered();
             }
             OnError::DeadLetter(dead_letter_topic) => {
@@ -229,13 +230,6 @@ impl RefusalPolicy {
     }
 }
 
-/// A short, low-cardinality name for an error, for metric labels.
-fn error_kind(error: &KafkaError) -> String {
-    error
-        .rdkafka_error_code()
-        .map_or_else(|| "other".to_string(), |c| format!("{c:?}").to_lowercase())
-}
-
 /// The producer type every flow writes with.
 pub type DestinationProducer = ThreadedProducer<DestinationContext>;
 
@@ -243,6 +237,8 @@ pub type DestinationProducer = ThreadedProducer<DestinationContext>;
 pub struct Destination {
     producer: Arc<DestinationProducer>,
     mailbox_capacity: usize,
+    /// Batches waiting in the mailbox: copiers add, this actor takes away.
+    mailbox_depth: metrics::Gauge,
 }
 
 impl Destination {
@@ -266,6 +262,7 @@ impl Destination {
         let producer = Arc::new(producer);
         let _ = producer.context().producer.set(Arc::downgrade(&producer));
         Ok(Self {
+            mailbox_depth: names::mailbox_depth(&producer.context().refusals.flow),
             producer,
             mailbox_capacity,
         })
@@ -303,6 +300,7 @@ impl Handler<WriteBatch> for Destination {
     type Result = AtomicResponse<Self, Result<(), ReplicationError>>;
 
     fn handle(&mut self, msg: WriteBatch, _: &mut Context<Self>) -> Self::Result {
+        self.mailbox_depth.decrement(1.0);
         let producer = Arc::clone(&self.producer);
         AtomicResponse::new(Box::pin(write_batch(producer, msg).into_actor(self)))
     }

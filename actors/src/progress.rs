@@ -12,7 +12,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use crate::metrics::PartitionMetrics;
 
 /// Acknowledged progress of one source partition.
 #[derive(Debug, Default)]
@@ -24,6 +27,14 @@ pub struct PartitionProgress {
     acked_bytes: AtomicU64,
     /// Source high watermark, as last reported by the consumer's statistics (-1: unknown).
     high_watermark: AtomicI64,
+    /// Where acknowledged batches are counted and timed.
+    metrics: OnceLock<PartitionMetrics>,
+}
+
+impl std::fmt::Debug for PartitionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartitionMetrics")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +58,15 @@ struct Pending {
     next_offset: i64,
     last_timestamp: Option<i64>,
     done: bool,
+}
+
+/// When a batch was read and sent, for latency metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// When its first record was read from the source queue.
+    pub read_at: Instant,
+    /// Source timestamp (ms) of its first record.
+    pub first_timestamp: Option<i64>,
 }
 
 /// A record the destination refused for good.
@@ -80,6 +100,7 @@ impl PartitionProgress {
     /// Records that a batch of `records` records, from `first_offset` up to
     /// before `next_offset`, is about to be sent. The returned ack must see
     /// every record delivered.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         self: &Arc<Self>,
         records: usize,
@@ -87,7 +108,11 @@ impl PartitionProgress {
         first_offset: i64,
         next_offset: i64,
         last_timestamp: Option<i64>,
+        timing: Option<Timing>,
     ) -> Arc<BatchAck> {
+        if let Some(m) = self.metrics.get() {
+            m.batch_sent(records, bytes);
+        }
         let mut inner = self.lock();
         // Nothing acknowledged yet: a restart resumes where this batch starts.
         if inner.committable.is_none() {
@@ -107,6 +132,8 @@ impl PartitionProgress {
             remaining: AtomicUsize::new(records),
             records: records as u64,
             bytes: bytes as u64,
+            timing,
+            sent_at: Instant::now(),
         })
     }
 
@@ -218,6 +245,16 @@ impl PartitionProgress {
         self.lock().last_acked_timestamp
     }
 
+    /// Attaches the partition's metrics (once; later calls are ignored).
+    pub fn set_metrics(&self, metrics: PartitionMetrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The partition's metrics, once attached.
+    pub fn metrics(&self) -> Option<&PartitionMetrics> {
+        self.metrics.get()
+    }
+
     /// Records the source's high watermark.
     pub fn set_high_watermark(&self, offset: i64) {
         self.high_watermark.store(offset, Ordering::Relaxed);
@@ -246,13 +283,15 @@ pub struct BatchAck {
     remaining: AtomicUsize,
     records: u64,
     bytes: u64,
+    timing: Option<Timing>,
+    sent_at: Instant,
 }
 
 impl BatchAck {
     /// One record of the batch was written.
     pub fn delivered(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.progress.complete(self.epoch, self.id, self.records, self.bytes);
+            self.completed();
         }
     }
 
@@ -286,7 +325,15 @@ impl BatchAck {
     /// Every record of the batch is written (a committed transaction).
     pub fn delivered_all(&self) {
         if self.remaining.swap(0, Ordering::AcqRel) > 0 {
-            self.progress.complete(self.epoch, self.id, self.records, self.bytes);
+            self.completed();
+        }
+    }
+
+    fn completed(&self) {
+        self.progress
+            .complete(self.epoch, self.id, self.records, self.bytes);
+        if let (Some(m), Some(t)) = (self.progress.metrics.get(), self.timing) {
+            m.batch_acked(self.records, self.bytes, t.read_at, self.sent_at, t.first_timestamp);
         }
     }
 
@@ -309,9 +356,9 @@ mod tests {
     #[test]
     fn committable_advances_only_over_the_acknowledged_prefix() {
         let p = PartitionProgress::new();
-        let a = p.register(2, 10, 8, 10, None);
-        let b = p.register(3, 10, 17, 20, None);
-        let c = p.register(1, 10, 20, 21, None);
+        let a = p.register(2, 10, 8, 10, None, None);
+        let b = p.register(3, 10, 17, 20, None, None);
+        let c = p.register(1, 10, 20, 21, None, None);
         deliver_all(&c, 1);
         deliver_all(&b, 3);
         assert_eq!(p.committable(), Some(8), "batch a is still in flight");
@@ -327,8 +374,8 @@ mod tests {
     fn a_failure_holds_the_position_and_reset_ignores_old_acks() {
         let p = PartitionProgress::new();
         p.set_start(5);
-        let a = p.register(1, 10, 5, 6, None);
-        let b = p.register(1, 10, 6, 7, None);
+        let a = p.register(1, 10, 5, 6, None, None);
+        let b = p.register(1, 10, 6, 7, None, None);
         a.failed(5, "too large".into(), true);
         b.delivered();
         assert_eq!(p.committable(), Some(5));
@@ -337,7 +384,7 @@ mod tests {
         assert_eq!(p.failure(), None);
         a.delivered();
         assert_eq!(p.committable(), Some(5), "acks from before the reset are ignored");
-        let c = p.register(2, 10, 5, 7, None);
+        let c = p.register(2, 10, 5, 7, None, None);
         deliver_all(&c, 2);
         assert_eq!(p.committable(), Some(7));
     }
@@ -347,7 +394,7 @@ mod tests {
         let p = PartitionProgress::new();
         p.set_start(0);
         assert_eq!(p.uncommitted(), None);
-        let a = p.register(1, 10, 0, 1, Some(1000));
+        let a = p.register(1, 10, 0, 1, Some(1000), None);
         a.delivered();
         assert_eq!(p.uncommitted(), Some(1));
         p.mark_committed(1);

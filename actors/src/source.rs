@@ -37,7 +37,7 @@ use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQu
 use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
 use crate::error::ReplicationError;
-use crate::metrics::{self as names, labels};
+use crate::metrics::{self as names, labels, PartitionMetrics};
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
 
@@ -333,7 +333,6 @@ pub struct Source {
     subscription: BTreeSet<String>,
     driver_stop: Arc<AtomicBool>,
     driver: Option<JoinHandle<()>>,
-    published: HashMap<(Arc<str>, i32), (u64, u64)>,
     committing: bool,
     stopping: bool,
 }
@@ -379,7 +378,6 @@ impl Source {
             subscription: BTreeSet::new(),
             driver_stop: Arc::clone(&driver_stop),
             driver: None,
-            published: HashMap::new(),
             committing: false,
             stopping: false,
         };
@@ -393,6 +391,12 @@ impl Source {
     fn start_copier(&mut self, topic: &str, partition: i32, queue: PartitionQueue, committed: Option<i64>) {
         let destination_topic = self.spec.destination_topic(topic);
         let status = self.flow.partition(topic, partition, &destination_topic);
+        status.progress.set_metrics(PartitionMetrics::new(
+            &self.spec.name,
+            &self.spec.source.alias,
+            topic,
+            partition,
+        ));
         if let Some(offset) = committed {
             status.progress.set_start(offset);
         }
@@ -522,38 +526,21 @@ impl Source {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let flow = self.spec.name.clone();
-        let cluster = self.spec.source.alias.clone();
-        for (key, c) in &self.copiers {
-            let labels = [
-                (labels::FLOW, flow.clone()),
-                (labels::TOPIC, key.0.to_string()),
-                (labels::PARTITION, key.1.to_string()),
-            ];
+        for c in self.copiers.values() {
             let progress = &c.status.progress;
-            let (records, bytes) = (progress.acked_records(), progress.acked_bytes());
-            let last = self.published.entry(key.clone()).or_insert((0, 0));
-            let counter_labels = [
-                (labels::FLOW, flow.clone()),
-                (labels::SOURCE_CLUSTER, cluster.clone()),
-                (labels::TOPIC, key.0.to_string()),
-                (labels::PARTITION, key.1.to_string()),
-            ];
-            metrics::counter!(names::RECORDS_REPLICATED, &counter_labels)
-                .increment(records.saturating_sub(last.0));
-            metrics::counter!(names::BYTES_REPLICATED, &counter_labels)
-                .increment(bytes.saturating_sub(last.1));
-            *last = (records, bytes);
+            let Some(m) = progress.metrics() else {
+                continue;
+            };
+            m.set_in_flight(progress.in_flight_batches());
             if let Some(lag) = progress.lag() {
-                metrics::gauge!(names::REPLICATION_LAG_RECORDS, &labels).set(lag as f64);
                 let seconds = match (lag, progress.last_acked_timestamp()) {
                     (0, _) | (_, None) => 0.0,
                     (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1000.0,
                 };
-                metrics::gauge!(names::REPLICATION_LAG_SECONDS, &labels).set(seconds);
+                m.set_lag(lag, seconds);
             }
         }
-        metrics::gauge!(names::PARTITIONS_ASSIGNED, labels::FLOW => flow)
+        metrics::gauge!(names::PARTITIONS_ASSIGNED, labels::FLOW => self.spec.name.clone())
             .set(self.copiers.len() as f64);
     }
 }
@@ -677,8 +664,10 @@ impl Handler<Revoked> for Source {
         let stopped = self.stop_copiers(keys);
         Box::pin(stopped.into_actor(self).map(|offsets, act, _| {
             for (topic, partition, _) in &offsets {
+                if let Some(m) = act.flow.find_partition(topic, *partition).as_ref().and_then(|p| p.progress.metrics()) {
+                    m.forget();
+                }
                 act.flow.remove_partition(topic, *partition);
-                act.published.remove(&(Arc::from(topic.as_str()), *partition));
             }
             offsets
         }))

@@ -265,7 +265,7 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                                 None,
                             ));
                         }
-                        let ack = progress.register(10, batch.bytes(), b * 10, b * 10 + 10, None);
+                        let ack = progress.register(10, batch.bytes(), b * 10, b * 10 + 10, None, None);
                         dest.send(WriteBatch {
                             batch,
                             source_topic: Arc::from("events"),
