@@ -219,3 +219,51 @@ fn exactly_once_skip_leaves_out_the_refused_record_and_duplicates_nothing() {
     });
     s.strait.stop();
 }
+
+#[test]
+fn records_gone_from_the_source_are_logged_and_counted_and_copying_goes_on() {
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("gone");
+    create_topic(src, &topic, 1);
+    let records = |ids: std::ops::Range<u64>| -> Vec<Out> {
+        ids.map(|i| Out::value(0, id_payload(i, 50))).collect()
+    };
+    produce(src, &topic, &records(0..100));
+    let config = Config::new(src, dst, &[&topic], &unique_name("strait.gone"));
+    let mut strait = Strait::start("strait", &config);
+    strait.wait_for_copy(dst, &topic, 1, 100, WAIT);
+    strait.stop();
+
+    // While Strait is stopped, records 100..150 arrive and are deleted, as
+    // retention would: its committed position (100) is no longer readable.
+    produce(src, &topic, &records(100..200));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", src)
+        .create()
+        .expect("admin client");
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150))
+        .expect("offset");
+    futures::executor::block_on(admin.delete_records(&upto, &AdminOptions::new()))
+        .expect("delete records");
+
+    strait.restart();
+    strait.wait_for_copy(dst, &topic, 1, 150, WAIT);
+    let got = ids(&read_topic(dst, &topic, 1), 0);
+    let expected: Vec<u64> = (0..100).chain(150..200).collect();
+    assert_eq!(got, expected, "copying goes on from the oldest record left");
+    let log = strait.log();
+    assert!(
+        log.contains("source records are gone") && log.contains("from=100") && log.contains("to=149"),
+        "the gap must be logged with its offsets"
+    );
+    let counted = wait_until("the gap to be counted", WAIT, || {
+        match strait.metric("strait_source_records_unavailable_total", &[("topic", &topic)]) {
+            Ok(Some(v)) => Ok(v),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(counted, 50.0);
+    strait.stop();
+}

@@ -355,6 +355,9 @@ impl Reader {
         let mut stream = self.queue.stream();
         // Where reading has got to: the end of what a too-large batch held.
         let mut read_up_to = 0;
+        // Where the first record should be: anything before what arrives
+        // first is gone from the source, and that must not pass unnoticed.
+        let mut expected = self.status.progress.committable();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -385,6 +388,9 @@ impl Reader {
                 Ok(Some(Ok(message))) => message,
             };
             let read_at = Instant::now();
+            if let Some(expected) = expected.take() {
+                self.note_gap(expected, first.offset());
+            }
             // After a batch was refused as too large, its records go one by
             // one, each alone in flight, so a refusal names the record.
             let alone = self.isolate_until.is_some_and(|end| first.offset() < end);
@@ -446,6 +452,8 @@ impl Reader {
             None => next = self.status.progress.committable(),
         }
         let key = offset_store::key(&eos.group_id, &self.topic, self.partition);
+        // Where the first record should be (see `note_gap`).
+        let mut start = next;
         // Offsets to pass over (skip) or redirect (dead letter) after the
         // destination refused them for good and the transaction was aborted.
         let mut refused: BTreeMap<i64, String> = BTreeMap::new();
@@ -465,6 +473,9 @@ impl Reader {
                 Ok(Some(Ok(m))) if next.is_some_and(|n| m.offset() < n) => continue,
                 Ok(Some(Ok(m))) => m,
             };
+            if let Some(expected) = start.take() {
+                self.note_gap(expected, first.offset());
+            }
             writer.begin()?;
             let timing = Timing {
                 read_at: Instant::now(),
@@ -645,6 +656,26 @@ impl Reader {
             ReplicationError::RecordRefused { topic, partition, offset, destination_topic, reason }
         } else {
             ReplicationError::Produce { topic, partition, offset, destination_topic, reason }
+        }
+    }
+
+    /// Says so when the first record read is past where reading should have
+    /// started: the records in between are gone from the source (retention,
+    /// compaction). A single missing offset is usually a transaction marker.
+    fn note_gap(&self, expected: i64, got: i64) {
+        let missing = got - expected;
+        if missing > 1 {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                from = expected,
+                to = got - 1,
+                missing,
+                "source records are gone (removed by retention or compaction); copying goes on from the oldest one left"
+            );
+            if let Some(m) = self.status.progress.metrics() {
+                m.records_unavailable(missing as u64);
+            }
         }
     }
 

@@ -265,6 +265,11 @@ pub const TOPIC_CONFIG_UPDATES: &str = "strait_topic_config_updates_total";
 /// Labels: `flow`, `topic` (source), `kind` (`retriable`, `fatal`, ...).
 pub const PRODUCE_ERRORS: &str = "strait_produce_errors_total";
 
+/// Counter, records: source records a copier expected to read but that were
+/// no longer there when it (re)started (removed by retention or compaction),
+/// so copying went on after them. Labels: `flow`, `topic`.
+pub const RECORDS_UNAVAILABLE: &str = "strait_source_records_unavailable_total";
+
 /// Counter, errors: errors reading the source (consumer errors).
 /// Labels: `flow`, `topic`, `kind`.
 pub const CONSUME_ERRORS: &str = "strait_consume_errors_total";
@@ -330,6 +335,7 @@ pub const ALL: &[&str] = &[
     TOPIC_CONFIG_UPDATES,
     PRODUCE_ERRORS,
     CONSUME_ERRORS,
+    RECORDS_UNAVAILABLE,
     CLUSTER_REACHABLE,
     UP,
     FLOW_STATE,
@@ -515,6 +521,13 @@ impl PartitionMetrics {
         .increment(1);
     }
 
+    /// Records gone from the source before the copier could read them.
+    pub fn records_unavailable(&self, records: u64) {
+        metrics::counter!(RECORDS_UNAVAILABLE,
+            labels::FLOW => self.flow.clone(), labels::TOPIC => self.topic.clone())
+        .increment(records);
+    }
+
     /// The copier failed and is restarted.
     pub fn restarted(&self) {
         self.restarts.increment(1);
@@ -659,6 +672,11 @@ pub fn describe() {
         "Records the destination refused or failed to take."
     );
     describe_counter!(CONSUME_ERRORS, Unit::Count, "Errors reading the source.");
+    describe_counter!(
+        RECORDS_UNAVAILABLE,
+        Unit::Count,
+        "Source records that were gone (retention, compaction) when a copier started reading after them."
+    );
     describe_gauge!(
         START_TIME_SECONDS,
         Unit::Seconds,
