@@ -26,6 +26,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs until a signal stops it. Returns an error for fatal start-up problems.
 pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log.level, settings.log.format)?;
+    telemetry::apply_metrics_settings(&settings.metrics);
     let metrics = telemetry::install_metrics_recorder()?;
     apply_fault_injection(&mut settings)?;
     let system = actix::System::new();
@@ -60,6 +61,8 @@ async fn service(
             .with_context(|| format!("cannot start flow `{name}`"))?;
         flows.push(flow);
     }
+    let probe =
+        http::spawn_reachability_probe(Arc::clone(&board), &settings.flows, http::PROBE_EVERY);
     let progress = spawn_progress_line(Arc::clone(&board), PROGRESS_EVERY);
 
     let which = tokio::select! {
@@ -83,6 +86,7 @@ async fn service(
     if let Some(progress) = progress {
         progress.abort();
     }
+    probe.abort();
 
     let stops = join_all(flows.iter().map(|f| f.send(StopFlow)));
     if tokio::time::timeout(settings.shutdown_timeout + SHUTDOWN_GRACE, stops)
