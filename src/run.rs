@@ -5,6 +5,7 @@
 //! flight and commits its progress, within `shutdown_timeout`; a second signal
 //! exits at once (what was not committed is copied again on the next start).
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,13 @@ async fn service(
         },
     ));
 
-    print!("{}", summary(&settings, bound));
+    // People get the summary on their terminal; services get it in the log.
+    let summary = summary(&settings, bound);
+    if std::io::stdout().is_terminal() {
+        print!("{summary}");
+    } else {
+        tracing::info!("{}", summary.trim_end().replace('\n', "; "));
+    }
 
     let mut flows = Vec::with_capacity(settings.flows.len());
     for spec in settings.flows.iter().cloned() {
