@@ -161,6 +161,7 @@ impl Copier {
 
     fn start_reading(&mut self, ctx: &mut Context<Self>) {
         let reader = Reader {
+            flow: Arc::clone(&self.flow),
             topic: Arc::clone(&self.topic),
             partition: self.partition,
             destination_topic: Arc::clone(&self.destination_topic),
@@ -335,6 +336,7 @@ impl Handler<StopCopier> for Copier {
 
 /// The reading loop, owned by a task of the copier.
 struct Reader {
+    flow: Arc<str>,
     topic: Arc<str>,
     partition: i32,
     destination_topic: Arc<str>,
@@ -549,7 +551,7 @@ impl Reader {
                         refused.insert(offset, error.to_string());
                     }
                     let back = next.unwrap_or(first_offset);
-                    tracing::warn!(topic = %self.topic, partition = self.partition, reason, resume_at = back, "transaction aborted; copying again from the last committed offset");
+                    tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, reason, resume_at = back, "transaction aborted; copying again from the last committed offset");
                     self.seek(back);
                     next = Some(back);
                 }
@@ -586,7 +588,7 @@ impl Reader {
                     .await
             }
             (Some(reason), OnError::Skip) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, offset = m.offset(), error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
+                tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset = m.offset(), error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
                 metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string(), labels::REASON => "refused").increment(1);
                 Ok(())
             }
@@ -612,7 +614,7 @@ impl Reader {
             self.consumer
                 .seek(&self.topic, self.partition, Offset::Offset(offset), Duration::ZERO)
         {
-            tracing::warn!(topic = %self.topic, partition = self.partition, offset, error = %error, "could not seek");
+            tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset, error = %error, "could not seek");
         }
     }
 
@@ -666,6 +668,7 @@ impl Reader {
         let missing = got - expected;
         if missing > 1 {
             tracing::warn!(
+                flow = %self.flow,
                 topic = %self.topic,
                 partition = self.partition,
                 from = expected,
@@ -681,6 +684,7 @@ impl Reader {
 
     fn consume_error(&self, error: &KafkaError) {
         tracing::warn!(
+            flow = %self.flow,
             topic = %self.topic,
             partition = self.partition,
             error = %error,

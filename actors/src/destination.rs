@@ -399,7 +399,7 @@ where
             {
                 metadata_refreshed = true;
                 record = back;
-                tracing::info!(topic = record.topic, partition = ?record.partition, "partition unknown to the producer; refreshing the destination topic's metadata");
+X
                 let _ = producer
                     .client()
                     .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);

@@ -636,7 +636,7 @@ impl Handler<Assigned> for Source {
         if self.stopping {
             return;
         }
-        metrics::counter!(names::REBALANCES, labels::FLOW => self.spec.name.clone()).increment(1);
+        metrics::counter!(names::REBALANCES, labels::FLOW => self.spec.name.clone(), labels::KIND => "assign").increment(1);
         for p in partitions {
             tracing::info!(flow = %self.spec.name, topic = %p.topic, partition = p.partition, committed = ?p.committed, "partition assigned");
             self.start_copier(&p.topic, p.partition, p.queue, p.committed);
@@ -658,6 +658,7 @@ impl Handler<Revoked> for Source {
             .iter()
             .map(|(t, p)| (Arc::from(t.as_str()), *p))
             .collect();
+        metrics::counter!(names::REBALANCES, labels::FLOW => self.spec.name.clone(), labels::KIND => "revoke").increment(1);
         for (t, p) in &partitions {
             tracing::info!(flow = %self.spec.name, topic = %t, partition = p, "partition revoked");
         }
