@@ -399,7 +399,7 @@ where
             {
                 metadata_refreshed = true;
                 record = back;
-X
+                tracing::info!(destination_topic = record.topic, partition = record.partition.unwrap_or(-1), "partition unknown to the producer; refreshing the destination topic's metadata");
                 let _ = producer
                     .client()
                     .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
