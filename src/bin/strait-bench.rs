@@ -1,0 +1,756 @@
+//! `strait-bench`: the load generator, ceiling and probes behind `scripts/bench`.
+//!
+//! Not part of Strait; a tool for measuring it (and MirrorMaker 2) on real
+//! clusters. Every command prints one JSON object on stdout and logs to stderr.
+//!
+//! - `create`: creates a set of topics.
+//! - `load`: pre-loads a topic set with records of a given size, round-robin
+//!   over every partition (an 8-byte key and one 8-byte header per record, so
+//!   the replicators' key and header paths are exercised).
+//! - `pipe`: the ceiling: a bare consume-then-produce loop (one consumer,
+//!   one producer, no batching, no offset tracking, no commits) that copies
+//!   every partition of the given topics as fast as librdkafka allows.
+//! - `watch`: waits until the destination holds a given number of records,
+//!   sampling a replicator's CPU time and memory from `/proc`; reports when
+//!   the first record arrived and when the last did.
+//! - `latency`: produces at a steady rate with the send time in each value and
+//!   consumes the destination, reporting end-to-end latency percentiles.
+//!
+//! A topic set is written `PREFIX` (one topic) or `PREFIX*COUNT` (topics
+//! `PREFIX000` .. `PREFIX{COUNT-1}`, zero-padded to three digits).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Load, ceiling and probes for scripts/bench (not part of Strait)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Creates a topic set (replication factor 1).
+    Create {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topics: String,
+        #[arg(long)]
+        partitions: i32,
+    },
+    /// Produces RECORDS records with SIZE-byte values round-robin over every partition.
+    Load {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topics: String,
+        #[arg(long)]
+        records: u64,
+        #[arg(long)]
+        size: usize,
+    },
+    /// Copies every partition of the topics matching REGEX from SOURCE to DEST, until killed.
+    Pipe {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        dest: String,
+        #[arg(long)]
+        regex: String,
+    },
+    /// Waits until the topic set on BOOTSTRAP holds EXPECT records in all.
+    Watch {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topics: String,
+        #[arg(long)]
+        expect: i64,
+        /// The replicator's process id: CPU time and memory are sampled from /proc.
+        #[arg(long)]
+        pid: u32,
+        /// Other processes whose CPU time is reported too (the brokers), comma-separated.
+        #[arg(long, default_value = "")]
+        extra_pids: String,
+        /// Count progress from Strait's /status (replicated offsets) instead of
+        /// destination end offsets, which transaction markers inflate.
+        #[arg(long)]
+        status_url: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1800)]
+        timeout_s: u64,
+        /// Gives up when the count has not moved for this long.
+        #[arg(long, default_value_t = 180)]
+        stall_s: u64,
+        /// Clock ticks per second of /proc/PID/stat (getconf CLK_TCK).
+        #[arg(long, default_value_t = 100)]
+        clk_tck: u64,
+    },
+    /// Steady-rate end-to-end latency through a running replicator.
+    Latency {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        dest: String,
+        #[arg(long)]
+        topic: String,
+        /// Records per second.
+        #[arg(long)]
+        rate: u64,
+        /// Seconds of producing, warm-up included.
+        #[arg(long)]
+        seconds: u64,
+        /// Seconds at the start whose records are not counted.
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        #[arg(long)]
+        size: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let out = match Cli::parse().command {
+        Cmd::Create {
+            bootstrap,
+            topics,
+            partitions,
+        } => create(&bootstrap, &topic_set(&topics)?, partitions)?,
+        Cmd::Load {
+            bootstrap,
+            topics,
+            records,
+            size,
+        } => load(&bootstrap, &topic_set(&topics)?, records, size)?,
+        Cmd::Pipe {
+            source,
+            dest,
+            regex,
+        } => pipe(&source, &dest, &regex)?,
+        Cmd::Watch {
+            bootstrap,
+            topics,
+            expect,
+            pid,
+            extra_pids,
+            status_url,
+            interval_ms,
+            timeout_s,
+            stall_s,
+            clk_tck,
+        } => {
+            let extra = extra_pids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<u32>().context("--extra-pids"))
+                .collect::<Result<Vec<_>, _>>()?;
+            watch(WatchArgs {
+                bootstrap,
+                topics: topic_set(&topics)?,
+                expect,
+                pid,
+                extra,
+                status_url,
+                interval: Duration::from_millis(interval_ms),
+                timeout: Duration::from_secs(timeout_s),
+                stall: Duration::from_secs(stall_s),
+                clk_tck: clk_tck as f64,
+            })?
+        }
+        Cmd::Latency {
+            source,
+            dest,
+            topic,
+            rate,
+            seconds,
+            warmup,
+            size,
+        } => latency(&source, &dest, &topic, rate, seconds, warmup, size)?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- common
+
+fn topic_set(spec: &str) -> anyhow::Result<Vec<String>> {
+    match spec.split_once('*') {
+        None => Ok(vec![spec.to_string()]),
+        Some((prefix, count)) => {
+            let n: usize = count.parse().context("topic set: PREFIX*COUNT")?;
+            Ok((0..n).map(|i| format!("{prefix}{i:03}")).collect())
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("client.id", "strait-bench");
+    c
+}
+
+/// Partition count of each topic that exists, from one metadata request.
+fn partition_counts<C: Consumer>(consumer: &C) -> anyhow::Result<HashMap<String, i32>> {
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// A 64 KiB buffer of pseudo-random bytes (xorshift), sliced for values.
+fn filler() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Counts delivery failures of the load and latency producers.
+#[derive(Default)]
+struct CountingContext {
+    failed: AtomicU64,
+}
+impl ClientContext for CountingContext {}
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends, waiting while the producer's queue is full.
+fn send_retrying<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                thread::sleep(Duration::from_micros(500));
+            }
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- create
+
+fn create(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result<Value> {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let mut created = 0;
+    for chunk in new.chunks(50) {
+        for r in futures::executor::block_on(admin.create_topics(chunk, &opts))? {
+            match r {
+                Ok(_) => created += 1,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("creating {t}: {e}"),
+            }
+        }
+    }
+    // Wait until every partition has a leader, so the first produce never waits.
+    let probe: BaseConsumer = client(bootstrap).create()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = partition_counts(&probe)?;
+        if topics.iter().all(|t| counts.get(t) == Some(&partitions)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("topics not visible with {partitions} partitions after 60 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(json!({ "topics": topics.len(), "created": created, "partitions": partitions }))
+}
+
+// ---------------------------------------------------------------- load
+
+fn load(bootstrap: &str, topics: &[String], records: u64, size: usize) -> anyhow::Result<Value> {
+    let probe: BaseConsumer = client(bootstrap).create()?;
+    let counts = partition_counts(&probe)?;
+    let mut targets = Vec::new();
+    for t in topics {
+        let n = *counts.get(t).with_context(|| format!("topic {t} does not exist"))?;
+        targets.extend((0..n).map(|p| (t.as_str(), p)));
+    }
+    let producer: ThreadedProducer<CountingContext> = client(bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("enable.idempotence", "false")
+        .set("acks", "1")
+        .create_with_context(CountingContext::default())?;
+    let fill = filler();
+    let size = size.min(fill.len() / 2);
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..records {
+        let (topic, partition) = targets[(i % targets.len() as u64) as usize];
+        let key = i.to_be_bytes();
+        let at = (i as usize * 7919) % (fill.len() - size);
+        let value = &fill[at..at + size];
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: "bench",
+            value: Some(&key[..]),
+        });
+        bytes += (key.len() + size + "bench".len() + key.len()) as u64;
+        let record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(&key[..])
+            .payload(value)
+            .headers(headers);
+        send_retrying(&producer, record)?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let secs = started.elapsed().as_secs_f64();
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} records were not delivered");
+    }
+    Ok(json!({
+        "records": records, "bytes": bytes, "seconds": secs,
+        "records_per_s": records as f64 / secs, "mb_per_s": bytes as f64 / secs / 1e6,
+        "partitions": targets.len(),
+    }))
+}
+
+// ---------------------------------------------------------------- pipe
+
+fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
+    let re = regex::Regex::new(&format!("^(?:{regex})$"))?;
+    let consumer: BaseConsumer = client(source)
+        .set("group.id", "strait-bench-pipe")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut counts: Vec<(String, i32)> = partition_counts(&consumer)?
+        .into_iter()
+        .filter(|(t, _)| re.is_match(t))
+        .collect();
+    counts.sort();
+    if counts.is_empty() {
+        bail!("no source topic matches {regex}");
+    }
+    // Destination topics with the same partition counts.
+    let admin: AdminClient<DefaultClientContext> = client(dest).create()?;
+    let new: Vec<NewTopic<'_>> = counts
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    for chunk in new.chunks(50) {
+        for r in futures::executor::block_on(admin.create_topics(chunk, &opts))? {
+            if let Err((t, e)) = r {
+                if e != RDKafkaErrorCode::TopicAlreadyExists {
+                    bail!("creating {t} on the destination: {e}");
+                }
+            }
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, n) in &counts {
+        for p in 0..*n {
+            tpl.add_partition_offset(t, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    // The same producer settings as Strait's destination (producer_defaults
+    // and producer_forced in actors/src/destination.rs).
+    let producer: ThreadedProducer<CountingContext> = client(dest)
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("queue.buffering.max.messages", "200000")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "10000")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create_with_context(CountingContext::default())?;
+    eprintln!("strait-bench pipe: copying {} topics", counts.len());
+    loop {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = match result {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("strait-bench pipe: consume error: {e}");
+                continue;
+            }
+        };
+        let mut record = BaseRecord::to(m.topic()).partition(m.partition());
+        record.key = m.key();
+        record.payload = m.payload();
+        record.timestamp = m.timestamp().to_millis();
+        record.headers = m.headers().map(|h| h.detach());
+        send_retrying(&producer, record)?;
+    }
+}
+
+// ---------------------------------------------------------------- watch
+
+struct WatchArgs {
+    bootstrap: String,
+    topics: Vec<String>,
+    expect: i64,
+    pid: u32,
+    extra: Vec<u32>,
+    status_url: Option<String>,
+    interval: Duration,
+    timeout: Duration,
+    stall: Duration,
+    clk_tck: f64,
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / clk_tck)
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Records on the destination: the sum of the end offsets of the topics that
+/// exist. `layout` caches partition counts; metadata is fetched again only
+/// while some topic of the set is missing.
+fn destination_records(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    layout: &mut HashMap<String, i32>,
+) -> anyhow::Result<i64> {
+    if layout.len() < topics.len() {
+        let counts = partition_counts(consumer)?;
+        layout.clear();
+        layout.extend(
+            topics
+                .iter()
+                .filter_map(|t| counts.get(t).filter(|n| **n > 0).map(|n| (t.clone(), *n))),
+        );
+    }
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        if let Some(n) = layout.get(t) {
+            for p in 0..*n {
+                tpl.add_partition_offset(t, p, Offset::End)?;
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(0);
+    }
+    let ends = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
+    Ok(ends
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o > 0 => Some(o),
+            _ => None,
+        })
+        .sum())
+}
+
+/// A plain HTTP/1.1 GET, for Strait's /status.
+fn http_get(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("http://").context("status url must be http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let (_, body) = body.split_once("\r\n\r\n").context("no HTTP body")?;
+    Ok(body.to_string())
+}
+
+/// Records replicated according to Strait's /status: the sum, over the
+/// partitions of the topic set, of the offset up to which all is acknowledged.
+fn status_records(url: &str, topics: &[String]) -> anyhow::Result<i64> {
+    let v: Value = serde_json::from_str(&http_get(url)?)?;
+    let mut sum = 0;
+    for flow in v["flows"].as_array().into_iter().flatten() {
+        let Some(ts) = flow["topics"].as_object() else { continue };
+        for (name, t) in ts {
+            if !topics.contains(name) {
+                continue;
+            }
+            for p in t["assigned"].as_array().into_iter().flatten() {
+                sum += p["replicated_offset"].as_i64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+fn watch(a: WatchArgs) -> anyhow::Result<Value> {
+    let consumer: BaseConsumer = client(&a.bootstrap).create()?;
+    let started = Instant::now();
+    let t0 = now_ns();
+    let mut first: Option<(u64, Option<f64>, Vec<Option<f64>>)> = None;
+    let mut peak_rss = 0u64;
+    let mut samples = Vec::new();
+    let mut last_sample = Instant::now() - Duration::from_secs(10);
+    let (mut last_count, mut last_change) = (0i64, Instant::now());
+    let mut layout = HashMap::new();
+    loop {
+        // Errors are transient here (a topic just created has no leader yet,
+        // /status not yet served): count nothing and look again.
+        let count = match &a.status_url {
+            Some(url) => status_records(url, &a.topics),
+            None => destination_records(&consumer, &a.topics, &mut layout),
+        }
+        .unwrap_or(last_count);
+        let t = now_ns();
+        let cpu = cpu_seconds(a.pid, a.clk_tck);
+        let mem = memory_kb(a.pid);
+        let Some((rss, hwm)) = mem else {
+            bail!("the replicator (pid {}) exited before the destination held {} records (it had {count})", a.pid, a.expect);
+        };
+        peak_rss = peak_rss.max(rss);
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            last_sample = Instant::now();
+            samples.push(json!([(t - t0) as f64 / 1e9, count, cpu, rss]));
+        }
+        if first.is_none() && count > 0 {
+            let extra = a.extra.iter().map(|p| cpu_seconds(*p, a.clk_tck)).collect();
+            first = Some((t, cpu, extra));
+        }
+        if count >= a.expect {
+            // With --status-url, what the destination's end offsets add up to
+            // (more than the records when transaction markers take offsets).
+            let destination_end_offsets = a
+                .status_url
+                .as_ref()
+                .and_then(|_| destination_records(&consumer, &a.topics, &mut layout).ok());
+            let (first_ns, first_cpu, first_extra) = first.clone().unwrap_or((t, cpu, vec![]));
+            let extra: Vec<Value> = a
+                .extra
+                .iter()
+                .zip(first_extra.iter().chain(std::iter::repeat(&None)))
+                .map(|(p, f)| {
+                    let now = cpu_seconds(*p, a.clk_tck);
+                    json!({ "pid": p, "cpu_s_copy": now.zip(*f).map(|(n, f)| n - f) })
+                })
+                .collect();
+            return Ok(json!({
+                "watch_start_ns": t0,
+                "first_ns": first_ns,
+                "done_ns": t,
+                "records": count,
+                "destination_end_offsets": destination_end_offsets,
+                "cpu_s_at_first": first_cpu,
+                "cpu_s_at_done": cpu,
+                "vm_hwm_kb": hwm,
+                "vm_rss_kb_at_done": rss,
+                "vm_rss_kb_peak_sampled": peak_rss,
+                "extra": extra,
+                "samples": samples,
+            }));
+        }
+        if count != last_count {
+            (last_count, last_change) = (count, Instant::now());
+        } else if last_change.elapsed() > a.stall {
+            bail!("no progress for {:?}: {count} of {} records", a.stall, a.expect);
+        }
+        if started.elapsed() > a.timeout {
+            bail!("timed out after {:?} with {count} of {} records", a.timeout, a.expect);
+        }
+        // Fine-grained until the first record (start-up time), then lighter on the broker.
+        thread::sleep(if first.is_some() { a.interval * 4 } else { a.interval });
+    }
+}
+
+// ---------------------------------------------------------------- latency
+
+fn latency(
+    source: &str,
+    dest: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+    warmup: u64,
+    size: usize,
+) -> anyhow::Result<Value> {
+    let size = size.max(8);
+    // The replicator creates the destination topic; wait for it.
+    let consumer: BaseConsumer = client(dest)
+        .set("group.id", "strait-bench-latency")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
+        .create()?;
+    let probe: BaseConsumer = client(source).create()?;
+    let partitions = *partition_counts(&probe)?
+        .get(topic)
+        .with_context(|| format!("source topic {topic} does not exist"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while partition_counts(&consumer)?.get(topic) != Some(&partitions) {
+        if Instant::now() > deadline {
+            bail!("destination topic {topic} did not appear with {partitions} partitions within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    // Let the consumer resolve its end offsets before anything is produced.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+
+    let total = rate * seconds;
+    let start_ns = now_ns() + 100_000_000;
+    let warm_ns = start_ns + warmup * 1_000_000_000;
+    let warm_sent = Arc::new(AtomicU64::new(0));
+    let producing = Arc::new(AtomicBool::new(true));
+
+    let producer_thread = {
+        let source = source.to_string();
+        let topic = topic.to_string();
+        let warm_sent = Arc::clone(&warm_sent);
+        let producing = Arc::clone(&producing);
+        thread::spawn(move || -> anyhow::Result<u64> {
+            let producer: ThreadedProducer<CountingContext> = client(&source)
+                .set("linger.ms", "0")
+                .set("enable.idempotence", "false")
+                .set("acks", "1")
+                .create_with_context(CountingContext::default())?;
+            let fill = filler();
+            let mut value = fill[..size.min(fill.len())].to_vec();
+            for i in 0..total {
+                let due = start_ns + i * 1_000_000_000 / rate;
+                let now = now_ns();
+                if due > now {
+                    thread::sleep(Duration::from_nanos(due - now));
+                }
+                let sent = now_ns();
+                value[..8].copy_from_slice(&sent.to_le_bytes());
+                let key = i.to_be_bytes();
+                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: "bench",
+                    value: Some(&key[..]),
+                });
+                let record = BaseRecord::to(&topic)
+                    .partition((i % partitions as u64) as i32)
+                    .key(&key[..])
+                    .payload(&value[..])
+                    .headers(headers);
+                send_retrying(&producer, record)?;
+                if sent >= warm_ns {
+                    warm_sent.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            producer.flush(Duration::from_secs(30))?;
+            producing.store(false, Ordering::SeqCst);
+            Ok(producer.context().failed.load(Ordering::Relaxed))
+        })
+    };
+
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(total as usize);
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if !producing.load(Ordering::SeqCst) {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+            if latencies_us.len() as u64 >= warm_sent.load(Ordering::SeqCst) || Instant::now() > deadline {
+                break;
+            }
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let arrived = now_ns();
+        let Some(sent) = m.payload().and_then(|p| p.get(..8)).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        }) else {
+            continue;
+        };
+        if sent >= warm_ns {
+            latencies_us.push(arrived.saturating_sub(sent) / 1000);
+        }
+    }
+    let failed = producer_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let sent = warm_sent.load(Ordering::SeqCst);
+    latencies_us.sort_unstable();
+    let pct = |q: f64| -> Option<f64> {
+        if latencies_us.is_empty() {
+            return None;
+        }
+        let i = ((latencies_us.len() as f64 * q).ceil() as usize).clamp(1, latencies_us.len()) - 1;
+        Some(latencies_us[i] as f64 / 1000.0)
+    };
+    let mean = (!latencies_us.is_empty())
+        .then(|| latencies_us.iter().sum::<u64>() as f64 / latencies_us.len() as f64 / 1000.0);
+    Ok(json!({
+        "rate": rate, "seconds": seconds, "warmup": warmup, "size": size, "partitions": partitions,
+        "counted_sent": sent, "counted_received": latencies_us.len(), "produce_failures": failed,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+        "max_ms": pct(1.0), "mean_ms": mean,
+    }))
+}
