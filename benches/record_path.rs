@@ -82,9 +82,11 @@ fn batch_push(c: &mut Criterion) {
     for headers in [0usize, 4] {
         let msgs = messages(BATCH, 1024, headers);
         g.throughput(Throughput::Elements(batch_of(&msgs).len() as u64));
-        g.bench_with_input(BenchmarkId::new(format!("{headers}_headers"), 1024), &msgs, |b, msgs| {
-            b.iter(|| black_box(batch_of(msgs)))
-        });
+        g.bench_with_input(
+            BenchmarkId::new(format!("{headers}_headers"), 1024),
+            &msgs,
+            |b, msgs| b.iter(|| black_box(batch_of(msgs))),
+        );
     }
     g.finish();
 }
@@ -94,11 +96,10 @@ fn owned_headers(batch: &Batch) -> usize {
     let mut n = 0;
     for record in batch.iter() {
         let headers = (record.header_count() > 0).then(|| {
-            record
-                .headers()
-                .fold(OwnedHeaders::new_with_capacity(record.header_count()), |hs, (k, v)| {
-                    hs.insert(Header { key: &k, value: v })
-                })
+            record.headers().fold(
+                OwnedHeaders::new_with_capacity(record.header_count()),
+                |hs, (k, v)| hs.insert(Header { key: &k, value: v }),
+            )
         });
         n += black_box(headers).is_some() as usize;
     }
@@ -110,9 +111,11 @@ fn headers(c: &mut Criterion) {
     for count in [0usize, 1, 4] {
         let batch = batch_of(&messages(BATCH, 1024, count));
         g.throughput(Throughput::Elements(batch.len() as u64));
-        g.bench_with_input(BenchmarkId::new("to_owned_headers", count), &batch, |b, batch| {
-            b.iter(|| owned_headers(batch))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("to_owned_headers", count),
+            &batch,
+            |b, batch| b.iter(|| owned_headers(batch)),
+        );
     }
     // The alternative: keep each record's librdkafka headers as they are
     // (one `rd_kafka_headers_copy`, like `BorrowedHeaders::detach`) and hand
@@ -122,13 +125,17 @@ fn headers(c: &mut Criterion) {
         let msgs = messages(BATCH, 1024, count);
         let n = batch_of(&msgs).len();
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::new("copy_librdkafka_headers", count), &msgs[..n], |b, msgs| {
-            b.iter(|| {
-                for m in msgs {
-                    black_box(m.headers().cloned());
-                }
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("copy_librdkafka_headers", count),
+            &msgs[..n],
+            |b, msgs| {
+                b.iter(|| {
+                    for m in msgs {
+                        black_box(m.headers().cloned());
+                    }
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -144,7 +151,14 @@ fn destination_record(c: &mut Criterion) {
     let mut g = c.benchmark_group("destination_record");
     let batch = batch_of(&messages(BATCH, 1024, 1));
     let progress = PartitionProgress::new();
-    let ack = progress.register(batch.len(), batch.bytes(), 0, batch.len() as i64, None, None);
+    let ack = progress.register(
+        batch.len(),
+        batch.bytes(),
+        0,
+        batch.len() as i64,
+        None,
+        None,
+    );
     g.throughput(Throughput::Elements(batch.len() as u64));
     g.bench_function("headers_opaque_record", |b| {
         b.iter(|| {
@@ -225,7 +239,14 @@ fn progress(c: &mut Criterion) {
         let p = PartitionProgress::new();
         let mut next = 0i64;
         b.iter(|| {
-            let ack = p.register(BATCH, BATCH * 1024, next, next + BATCH as i64, Some(next), None);
+            let ack = p.register(
+                BATCH,
+                BATCH * 1024,
+                next,
+                next + BATCH as i64,
+                Some(next),
+                None,
+            );
             for _ in 0..BATCH {
                 ack.delivered();
             }
@@ -240,7 +261,16 @@ fn progress(c: &mut Criterion) {
         let mut next = 0i64;
         b.iter(|| {
             let acks: Vec<_> = (0..16)
-                .map(|i| p.register(64, 64 * 1024, next + i * 64, next + (i + 1) * 64, None, None))
+                .map(|i| {
+                    p.register(
+                        64,
+                        64 * 1024,
+                        next + i * 64,
+                        next + (i + 1) * 64,
+                        None,
+                        None,
+                    )
+                })
                 .collect();
             for ack in acks.iter().rev() {
                 for _ in 0..64 {

@@ -47,7 +47,11 @@ async fn check_flow(flow: &FlowSpec, out: &mut String) -> bool {
     let source_topics = match source_topics {
         Ok(topics) => topics,
         Err(error) => {
-            let _ = writeln!(out, "  FAIL source cluster `{}`: {error}", flow.source.alias);
+            let _ = writeln!(
+                out,
+                "  FAIL source cluster `{}`: {error}",
+                flow.source.alias
+            );
             return false;
         }
     };
@@ -87,7 +91,10 @@ async fn check_flow(flow: &FlowSpec, out: &mut String) -> bool {
         let what = match destination_partitions.get(&destination) {
             Some(&n) if n == info.partitions => "exists".to_string(),
             Some(&n) if n < info.partitions => {
-                format!("exists with {n} partitions; will be grown to {}", info.partitions)
+                format!(
+                    "exists with {n} partitions; will be grown to {}",
+                    info.partitions
+                )
             }
             Some(&n) => format!("exists with {n} partitions (more than the source)"),
             None if flow.topic_auto_create => "will be created".to_string(),

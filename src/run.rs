@@ -15,7 +15,7 @@ use strait_actors::{FlowSupervisor, StatusBoard, StopFlow};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Settings;
-use crate::progress::{startup_summary, spawn_progress_line, ClusterSummary, FlowSummary};
+use crate::progress::{spawn_progress_line, startup_summary, ClusterSummary, FlowSummary};
 use crate::{http, telemetry};
 
 /// How often the progress line is printed on a terminal.
@@ -159,12 +159,17 @@ fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
                 let at = parse().with_context(|| {
                     format!("STRAIT_FAULTS: copier_panic_at=`{value}` is not TOPIC:PARTITION:OFFSET:TIMES")
                 })?;
-                tracing::warn!(?at, "fault injection enabled: a copier will panic on purpose");
+                tracing::warn!(
+                    ?at,
+                    "fault injection enabled: a copier will panic on purpose"
+                );
                 for flow in &mut settings.flows {
                     flow.faults.copier_panic_at = Some(at.clone());
                 }
             }
-            other => anyhow::bail!("STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at"),
+            other => {
+                anyhow::bail!("STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at")
+            }
         }
     }
     Ok(())

@@ -74,7 +74,10 @@ fn run_with(
     destination_kafka: &[(&str, &str)],
 ) -> Setup {
     let (source, destination) = shared_pair();
-    let (src, dst) = (source.bootstrap().to_string(), destination.bootstrap().to_string());
+    let (src, dst) = (
+        source.bootstrap().to_string(),
+        destination.bootstrap().to_string(),
+    );
     let topic = unique_name(&format!("refused-{policy}"));
     create_topic(&src, &topic, 2);
     create_limited_topic(&dst, &topic, 2);
@@ -100,7 +103,11 @@ fn run_with(
     let strait = Strait::start("strait", &config);
     strait.wait_for_copy(&dst, &topic, 2, BEFORE as i64 + 50, WAIT);
 
-    produce(&src, &topic, &[Out::value(0, id_payload(BEFORE, OVERSIZED))]);
+    produce(
+        &src,
+        &topic,
+        &[Out::value(0, id_payload(BEFORE, OVERSIZED))],
+    );
     let after: Vec<Out> = (1..=AFTER).map(|i| small(BEFORE + i, 0)).collect();
     // Give the oversized record its own produce request on the way out.
     std::thread::sleep(Duration::from_millis(500));
@@ -123,22 +130,34 @@ fn ids(parts: &[Vec<support::records::Rec>], partition: usize) -> Vec<u64> {
 #[test]
 fn on_error_fail_stops_only_the_partition_and_names_topic_partition_and_offset() {
     let mut s = run_with_policy("fail", Delivery::AtLeastOnce, &[]);
-    let failed = wait_until("partition 0 to be marked failed", WAIT, || {
-        match partition_status(&s.strait, &s.topic, 0) {
+    let failed = wait_until(
+        "partition 0 to be marked failed",
+        WAIT,
+        || match partition_status(&s.strait, &s.topic, 0) {
             Some(p) if p["state"] == "failed" => Ok(p),
             other => Err(format!("{other:?}")),
-        }
-    });
-    let error = failed["last_error"].as_str().unwrap_or_default().to_string();
+        },
+    );
+    let error = failed["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        error.contains(&s.topic) && error.contains("[0]") && error.contains(&format!("offset {BEFORE}")),
+        error.contains(&s.topic)
+            && error.contains("[0]")
+            && error.contains(&format!("offset {BEFORE}")),
         "the error must name topic, partition and offset: {error}"
     );
     // The other partition keeps copying.
     produce(&s.src, &s.topic, &[Out::value(1, id_payload(2000, 100))]);
-    s.strait.wait_for_copy(&s.dst, &s.topic, 2, BEFORE as i64 + 51, WAIT);
+    s.strait
+        .wait_for_copy(&s.dst, &s.topic, 2, BEFORE as i64 + 51, WAIT);
     let dst = read_topic(&s.dst, &s.topic, 2);
-    assert_eq!(ids(&dst, 0), (0..BEFORE).collect::<Vec<_>>(), "nothing after the refused record is copied");
+    assert_eq!(
+        ids(&dst, 0),
+        (0..BEFORE).collect::<Vec<_>>(),
+        "nothing after the refused record is copied"
+    );
     assert_eq!(dst[1].len(), 51);
     s.strait.assert_running();
     s.strait.stop();
@@ -148,15 +167,22 @@ fn on_error_fail_stops_only_the_partition_and_names_topic_partition_and_offset()
 fn on_error_skip_copies_everything_but_the_refused_record() {
     let mut s = run_with_policy("skip", Delivery::AtLeastOnce, &[]);
     let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until("partition 0 to hold every record but the refused one", WAIT, || {
-        let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
-    assert!(s.strait.log().contains("skipping a record the destination refuses"));
+    wait_until(
+        "partition 0 to hold every record but the refused one",
+        WAIT,
+        || {
+            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
+    assert!(s
+        .strait
+        .log()
+        .contains("skipping a record the destination refuses"));
     let src = read_topic(&s.src, &s.topic, 2);
     assert_eq!(ids(&src, 0).len() as u64, BEFORE + AFTER + 1);
     s.strait.stop();
@@ -171,24 +197,35 @@ fn on_error_dead_letter_writes_the_refused_record_with_its_origin() {
         &[("dead_letter_topic", toml_str(&dead_letter))],
     );
     let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until("partition 0 to hold every record but the refused one", WAIT, || {
-        let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
-    let dead = wait_until("the dead-letter topic to hold the refused record", WAIT, || {
-        let parts = read_topic(&s.dst, &dead_letter, 1);
-        match parts[0].as_slice() {
-            [one] => Ok(one.clone()),
-            other => Err(format!("{} records", other.len())),
-        }
-    });
+    wait_until(
+        "partition 0 to hold every record but the refused one",
+        WAIT,
+        || {
+            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
+    let dead = wait_until(
+        "the dead-letter topic to hold the refused record",
+        WAIT,
+        || {
+            let parts = read_topic(&s.dst, &dead_letter, 1);
+            match parts[0].as_slice() {
+                [one] => Ok(one.clone()),
+                other => Err(format!("{} records", other.len())),
+            }
+        },
+    );
     let source = read_topic(&s.src, &s.topic, 2);
     assert_eq!(payload_id(&dead.value), Some(BEFORE));
-    assert_eq!(dead.value, source[0][BEFORE as usize].value, "the dead letter holds the original value");
+    assert_eq!(
+        dead.value, source[0][BEFORE as usize].value,
+        "the dead letter holds the original value"
+    );
     let header = |name: &str| {
         dead.headers
             .iter()
@@ -196,7 +233,10 @@ fn on_error_dead_letter_writes_the_refused_record_with_its_origin() {
             .and_then(|(_, v)| v.clone())
             .map(|v| String::from_utf8_lossy(&v).into_owned())
     };
-    assert_eq!(header("strait.source.topic").as_deref(), Some(s.topic.as_str()));
+    assert_eq!(
+        header("strait.source.topic").as_deref(),
+        Some(s.topic.as_str())
+    );
     assert_eq!(header("strait.source.partition").as_deref(), Some("0"));
     assert_eq!(header("strait.source.offset"), Some(BEFORE.to_string()));
     assert_eq!(header("strait.source.cluster").as_deref(), Some("source"));
@@ -207,16 +247,25 @@ fn on_error_dead_letter_writes_the_refused_record_with_its_origin() {
 #[test]
 fn exactly_once_skip_leaves_out_the_refused_record_and_duplicates_nothing() {
     // In exactly-once mode batches are not split: they must fit the topic.
-    let mut s = run_with("skip", Delivery::ExactlyOnce, &[], &[("batch.size", "2048")]);
+    let mut s = run_with(
+        "skip",
+        Delivery::ExactlyOnce,
+        &[],
+        &[("batch.size", "2048")],
+    );
     let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until("partition 0 (read_committed) to hold every record but the refused one, once", WAIT, || {
-        let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
+    wait_until(
+        "partition 0 (read_committed) to hold every record but the refused one, once",
+        WAIT,
+        || {
+            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
     s.strait.stop();
 }
 
@@ -255,11 +304,16 @@ fn records_gone_from_the_source_are_logged_and_counted_and_copying_goes_on() {
     assert_eq!(got, expected, "copying goes on from the oldest record left");
     let log = strait.log();
     assert!(
-        log.contains("source records are gone") && log.contains("from=100") && log.contains("to=149"),
+        log.contains("source records are gone")
+            && log.contains("from=100")
+            && log.contains("to=149"),
         "the gap must be logged with its offsets"
     );
     let counted = wait_until("the gap to be counted", WAIT, || {
-        match strait.metric("strait_source_records_unavailable_total", &[("topic", &topic)]) {
+        match strait.metric(
+            "strait_source_records_unavailable_total",
+            &[("topic", &topic)],
+        ) {
             Ok(Some(v)) => Ok(v),
             other => Err(format!("{other:?}")),
         }

@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::cluster::shared_pair;
-use support::records::{create_topic, id_payload, payload_id, produce, read_topic, unique_name, Out};
+use support::records::{
+    create_topic, id_payload, payload_id, produce, read_topic, unique_name, Out,
+};
 use support::strait::{toml_str, Config, Strait};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -47,6 +49,10 @@ fn start_from_timestamp_copies_only_records_at_or_after_it() {
         .filter_map(|r| payload_id(&r.value))
         .collect();
     ids.sort_unstable();
-    assert_eq!(ids, (40..80).collect::<Vec<_>>(), "only records at or after {since} are copied");
+    assert_eq!(
+        ids,
+        (40..80).collect::<Vec<_>>(),
+        "only records at or after {since} are copied"
+    );
     strait.stop();
 }

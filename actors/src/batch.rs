@@ -210,7 +210,10 @@ mod tests {
         assert_eq!(headers.len(), 3);
         assert_eq!(headers[0].0, "h");
         assert_eq!(headers[0].1, Some(&[0u8, 159, 146, 150][..]));
-        assert_eq!(headers[1].0, "h", "duplicate header names are kept in order");
+        assert_eq!(
+            headers[1].0, "h",
+            "duplicate header names are kept in order"
+        );
         assert_eq!(headers[1].1, None);
         assert_eq!(headers[2].0, "other");
     }

@@ -31,12 +31,12 @@ use crate::batch::Batch;
 use crate::destination::{self, Destination, WriteBatch};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
-use crate::source::{SourceConsumer, SourceContext};
 use crate::offset_store::{self, StoredOffset};
 use crate::progress::Timing;
+use crate::source::{SourceConsumer, SourceContext};
 use crate::spec::{ClusterSpec, OnError, Tuning};
-use crate::transactional::{CommitError, TransactionalWriter};
 use crate::status::{PartitionState, PartitionStatus};
+use crate::transactional::{CommitError, TransactionalWriter};
 
 /// How long a copier waits on an empty queue before looking again. librdkafka
 /// can miss a wake-up on split queues (rust-rdkafka #665); this bounds the stall.
@@ -444,8 +444,12 @@ impl Reader {
         let (cluster, group) = (eos.destination.clone(), eos.group_id.clone());
         let stored = tokio::task::spawn_blocking(move || offset_store::read(&cluster, &group))
             .await
-            .map_err(|_| ReplicationError::ActorGone { actor: "offset map reader" })??;
-        let mut next = stored.get(&(self.topic.to_string(), self.partition)).copied();
+            .map_err(|_| ReplicationError::ActorGone {
+                actor: "offset map reader",
+            })??;
+        let mut next = stored
+            .get(&(self.topic.to_string(), self.partition))
+            .copied();
         match next {
             Some(offset) => {
                 self.status.progress.resume_at(offset);
@@ -466,7 +470,11 @@ impl Reader {
             }
             let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
                 Err(_idle) => continue,
-                Ok(None) => return Err(ReplicationError::ActorGone { actor: "partition queue" }),
+                Ok(None) => {
+                    return Err(ReplicationError::ActorGone {
+                        actor: "partition queue",
+                    })
+                }
                 Ok(Some(Err(error))) => {
                     self.consume_error(&error);
                     continue;
@@ -484,8 +492,11 @@ impl Reader {
                 first_timestamp: first.timestamp().to_millis(),
             };
             let deadline = Instant::now() + self.tuning.transaction_interval;
-            let (first_offset, mut last_offset, mut last_timestamp) =
-                (first.offset(), first.offset(), first.timestamp().to_millis());
+            let (first_offset, mut last_offset, mut last_timestamp) = (
+                first.offset(),
+                first.offset(),
+                first.timestamp().to_millis(),
+            );
             let (mut records, mut bytes) = (0usize, 0usize);
             let mut pending = Some(first);
             while let Some(m) = pending.take() {
@@ -525,12 +536,25 @@ impl Reader {
                 Ok(()) => {
                     self.status
                         .progress
-                        .register(records, bytes, first_offset, last_offset + 1, last_timestamp, Some(timing))
+                        .register(
+                            records,
+                            bytes,
+                            first_offset,
+                            last_offset + 1,
+                            last_timestamp,
+                            Some(timing),
+                        )
                         .delivered_all();
                     next = Some(last_offset + 1);
                 }
-                Err(CommitError::Aborted { reason, refused: now_refused }) => {
-                    let too_large = now_refused.iter().filter(|(_, e)| destination::is_too_large(e)).count();
+                Err(CommitError::Aborted {
+                    reason,
+                    refused: now_refused,
+                }) => {
+                    let too_large = now_refused
+                        .iter()
+                        .filter(|(_, e)| destination::is_too_large(e))
+                        .count();
                     if too_large > 1 {
                         // A whole produce batch was refused: skipping or
                         // dead-lettering its records would lose good ones, and
@@ -604,21 +628,34 @@ impl Reader {
                 writer.send(topic, None, m, &origin).await
             }
         };
-        sent.map_err(|error| self.refused(m.offset(), error.to_string(), destination::is_permanent(&error)))
+        sent.map_err(|error| {
+            self.refused(
+                m.offset(),
+                error.to_string(),
+                destination::is_permanent(&error),
+            )
+        })
     }
 
     /// Moves the partition to `offset`; records read before it are dropped
     /// by librdkafka (and by the offset checks of the reading loops).
     fn seek(&self, offset: i64) {
-        if let Err(error) =
-            self.consumer
-                .seek(&self.topic, self.partition, Offset::Offset(offset), Duration::ZERO)
-        {
+        if let Err(error) = self.consumer.seek(
+            &self.topic,
+            self.partition,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        ) {
             tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset, error = %error, "could not seek");
         }
     }
 
-    async fn send(&self, batch: Batch, alone: bool, read_at: Instant) -> Result<(), ReplicationError> {
+    async fn send(
+        &self,
+        batch: Batch,
+        alone: bool,
+        read_at: Instant,
+    ) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
         };
@@ -655,9 +692,21 @@ impl Reader {
             self.destination_topic.to_string(),
         );
         if permanent {
-            ReplicationError::RecordRefused { topic, partition, offset, destination_topic, reason }
+            ReplicationError::RecordRefused {
+                topic,
+                partition,
+                offset,
+                destination_topic,
+                reason,
+            }
         } else {
-            ReplicationError::Produce { topic, partition, offset, destination_topic, reason }
+            ReplicationError::Produce {
+                topic,
+                partition,
+                offset,
+                destination_topic,
+                reason,
+            }
         }
     }
 

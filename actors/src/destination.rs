@@ -25,8 +25,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use crate::batch::{Batch, RecordView};
 use crate::client::{client_config, log_client_error, log_client_event};
 use crate::error::ReplicationError;
-use crate::progress::BatchAck;
 use crate::metrics::{self as names, labels};
+use crate::progress::BatchAck;
 use crate::spec::{ClusterSpec, OnError};
 
 /// How long to wait before retrying a send refused because the producer's
@@ -171,7 +171,11 @@ impl RefusalPolicy {
         producer: Option<&DestinationProducer>,
     ) {
         let reason = error.to_string();
-        let (topic, partition, offset) = (Arc::clone(&delivery.origin.topic), delivery.origin.partition, delivery.offset);
+        let (topic, partition, offset) = (
+            Arc::clone(&delivery.origin.topic),
+            delivery.origin.partition,
+            delivery.offset,
+        );
         metrics::counter!(names::PRODUCE_ERRORS, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string(), labels::KIND => names::error_kind(error)).increment(1);
         if is_too_large(error) && !delivery.alone && !delivery.dead_letter {
             // librdkafka does not split a refused batch: the copier re-sends
@@ -185,7 +189,9 @@ impl RefusalPolicy {
         }
         if delivery.dead_letter {
             tracing::error!(flow = %self.flow, topic = %topic, partition, offset, error = %reason, "the dead-letter topic refused the record too");
-            delivery.ack.failed(offset, format!("dead-letter write failed: {reason}"), true);
+            delivery
+                .ack
+                .failed(offset, format!("dead-letter write failed: {reason}"), true);
             return;
         }
         match &self.on_error {
@@ -203,17 +209,36 @@ impl RefusalPolicy {
                 let headers = record
                     .headers
                     .unwrap_or_default()
-                    .insert(Header { key: "strait.source.cluster", value: Some(self.source_cluster.as_bytes()) })
-                    .insert(Header { key: "strait.source.topic", value: Some(topic.as_bytes()) })
-                    .insert(Header { key: "strait.source.partition", value: Some(partition.to_string().as_bytes()) })
-                    .insert(Header { key: "strait.source.offset", value: Some(offset.to_string().as_bytes()) })
-                    .insert(Header { key: "strait.error", value: Some(reason.as_bytes()) });
+                    .insert(Header {
+                        key: "strait.source.cluster",
+                        value: Some(self.source_cluster.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "strait.source.topic",
+                        value: Some(topic.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "strait.source.partition",
+                        value: Some(partition.to_string().as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "strait.source.offset",
+                        value: Some(offset.to_string().as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "strait.error",
+                        value: Some(reason.as_bytes()),
+                    });
                 let ack = Arc::clone(&delivery.ack);
-                let mut out: BaseRecord<'_, [u8], [u8], Box<InFlight>> = BaseRecord::with_opaque_to(
-                    dead_letter_topic,
-                    Box::new(InFlight { dead_letter: true, ..delivery }),
-                )
-                .headers(headers);
+                let mut out: BaseRecord<'_, [u8], [u8], Box<InFlight>> =
+                    BaseRecord::with_opaque_to(
+                        dead_letter_topic,
+                        Box::new(InFlight {
+                            dead_letter: true,
+                            ..delivery
+                        }),
+                    )
+                    .headers(headers);
                 out.key = record.key;
                 out.payload = record.value;
                 out.timestamp = record.timestamp;
@@ -223,7 +248,14 @@ impl RefusalPolicy {
                         metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => self.flow.clone(), labels::TOPIC => topic.to_string()).increment(1);
                     }
                     // Never wait here: this may be the producer's own polling thread.
-                    Err((e, _)) => ack.failed(offset, format!("dead-letter write failed: {e}"), !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))),
+                    Err((e, _)) => ack.failed(
+                        offset,
+                        format!("dead-letter write failed: {e}"),
+                        !matches!(
+                            e,
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        ),
+                    ),
                 }
             }
         }
@@ -340,17 +372,38 @@ async fn write_batch(
                 timestamp: record.timestamp,
             };
             // Refused by the producer itself: a verdict on this record alone.
-            let in_flight = InFlight { alone: true, ..*refused.delivery_opaque };
+            let in_flight = InFlight {
+                alone: true,
+                ..*refused.delivery_opaque
+            };
             producer
                 .context()
                 .refusals
                 .handle(&error, content, in_flight, Some(&producer));
             if let Some(failure) = msg.ack.progress().failure() {
-                let fields = (msg.source_topic.to_string(), msg.partition, failure.offset, msg.topic.to_string(), failure.reason);
+                let fields = (
+                    msg.source_topic.to_string(),
+                    msg.partition,
+                    failure.offset,
+                    msg.topic.to_string(),
+                    failure.reason,
+                );
                 return Err(if failure.permanent {
-                    ReplicationError::RecordRefused { topic: fields.0, partition: fields.1, offset: fields.2, destination_topic: fields.3, reason: fields.4 }
+                    ReplicationError::RecordRefused {
+                        topic: fields.0,
+                        partition: fields.1,
+                        offset: fields.2,
+                        destination_topic: fields.3,
+                        reason: fields.4,
+                    }
                 } else {
-                    ReplicationError::Produce { topic: fields.0, partition: fields.1, offset: fields.2, destination_topic: fields.3, reason: fields.4 }
+                    ReplicationError::Produce {
+                        topic: fields.0,
+                        partition: fields.1,
+                        offset: fields.2,
+                        destination_topic: fields.3,
+                        reason: fields.4,
+                    }
                 });
             }
         }
@@ -360,11 +413,10 @@ async fn write_batch(
 
 fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
     (record.header_count() > 0).then(|| {
-        record
-            .headers()
-            .fold(OwnedHeaders::new_with_capacity(record.header_count()), |hs, (k, v)| {
-                hs.insert(Header { key: &k, value: v })
-            })
+        record.headers().fold(
+            OwnedHeaders::new_with_capacity(record.header_count()),
+            |hs, (k, v)| hs.insert(Header { key: &k, value: v }),
+        )
     })
 }
 

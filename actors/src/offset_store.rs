@@ -101,7 +101,11 @@ pub async fn ensure_internal_topic(
     .await
     .map_err(|_| ReplicationError::ActorGone { actor: "metadata" })?;
     let brokers = brokers.map_err(|e| error(e.to_string()))?;
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(brokers.clamp(1, 3)));
+    let mut topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(brokers.clamp(1, 3)),
+    );
     for (k, v) in configs {
         topic = topic.set(k, v);
     }

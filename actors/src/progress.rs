@@ -333,7 +333,13 @@ impl BatchAck {
         self.progress
             .complete(self.epoch, self.id, self.records, self.bytes);
         if let (Some(m), Some(t)) = (self.progress.metrics.get(), self.timing) {
-            m.batch_acked(self.records, self.bytes, t.read_at, self.sent_at, t.first_timestamp);
+            m.batch_acked(
+                self.records,
+                self.bytes,
+                t.read_at,
+                self.sent_at,
+                t.first_timestamp,
+            );
         }
     }
 
@@ -363,7 +369,11 @@ mod tests {
         deliver_all(&b, 3);
         assert_eq!(p.committable(), Some(8), "batch a is still in flight");
         a.delivered();
-        assert_eq!(p.committable(), Some(8), "one record of a is still in flight");
+        assert_eq!(
+            p.committable(),
+            Some(8),
+            "one record of a is still in flight"
+        );
         a.delivered();
         assert_eq!(p.committable(), Some(21));
         assert_eq!(p.acked_records(), 6);
@@ -383,7 +393,11 @@ mod tests {
         p.reset();
         assert_eq!(p.failure(), None);
         a.delivered();
-        assert_eq!(p.committable(), Some(5), "acks from before the reset are ignored");
+        assert_eq!(
+            p.committable(),
+            Some(5),
+            "acks from before the reset are ignored"
+        );
         let c = p.register(2, 10, 5, 7, None, None);
         deliver_all(&c, 2);
         assert_eq!(p.committable(), Some(7));

@@ -49,7 +49,10 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Consumer defaults, each overridable through `[clusters.NAME.kafka]`.
 fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
-    let refresh_ms = spec.topic_refresh_interval.as_millis().clamp(1_000, 300_000);
+    let refresh_ms = spec
+        .topic_refresh_interval
+        .as_millis()
+        .clamp(1_000, 300_000);
     vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
@@ -154,7 +157,8 @@ impl ConsumerContext for SourceContext {
             return;
         }
         if let Rebalance::Assign(_) = rebalance {
-            let assigned = std::mem::take(&mut *self.split.lock().unwrap_or_else(|e| e.into_inner()));
+            let assigned =
+                std::mem::take(&mut *self.split.lock().unwrap_or_else(|e| e.into_inner()));
             if assigned.is_empty() {
                 return;
             }
@@ -180,7 +184,10 @@ impl SourceContext {
         // fetcher has not started fails (see PartitionHistory).
         if let (Some(c), true) = (&committed, self.start_from != StartFrom::Earliest) {
             let has_progress = |t: &str, p: i32| {
-                matches!(c.find_partition(t, p).map(|e| e.offset()), Some(Offset::Offset(_)))
+                matches!(
+                    c.find_partition(t, p).map(|e| e.offset()),
+                    Some(Offset::Offset(_))
+                )
             };
             for (topic, partition) in self.history.start_added_at_beginning(tpl, has_progress) {
                 tracing::info!(cluster = %self.cluster, topic, partition, "partition added after its topic was found: copying it from its beginning");
@@ -255,7 +262,12 @@ fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
                     status.progress.mark_committed(*offset);
                 }
             }
-            tracing::debug!(cluster, flow = flow.name(), partitions = offsets.len(), "committed progress");
+            tracing::debug!(
+                cluster,
+                flow = flow.name(),
+                partitions = offsets.len(),
+                "committed progress"
+            );
             metrics::counter!(names::OFFSET_COMMITS, labels::FLOW => flow.name().to_string())
                 .increment(1);
             true
@@ -388,7 +400,13 @@ impl Source {
         Ok(addr)
     }
 
-    fn start_copier(&mut self, topic: &str, partition: i32, queue: PartitionQueue, committed: Option<i64>) {
+    fn start_copier(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        queue: PartitionQueue,
+        committed: Option<i64>,
+    ) {
         let destination_topic = self.spec.destination_topic(topic);
         let status = self.flow.partition(topic, partition, &destination_topic);
         status.progress.set_metrics(PartitionMetrics::new(
@@ -454,16 +472,21 @@ impl Source {
             .filter_map(|key| self.copiers.remove(&key).map(|c| (key, c)))
             .collect();
         async move {
-            let answers = futures::future::join_all(stopping.iter().map(|(_, c)| {
-                c.addr.send(StopCopier { timeout })
-            }))
+            let answers = futures::future::join_all(
+                stopping
+                    .iter()
+                    .map(|(_, c)| c.addr.send(StopCopier { timeout })),
+            )
             .await;
             stopping
                 .iter()
                 .zip(answers)
                 .filter_map(|((key, c), answer)| {
                     // A copier that is gone still left its progress behind.
-                    let offset = answer.ok().flatten().or_else(|| c.status.progress.committable())?;
+                    let offset = answer
+                        .ok()
+                        .flatten()
+                        .or_else(|| c.status.progress.committable())?;
                     Some((key.0.to_string(), key.1, offset))
                 })
                 .collect()
@@ -480,7 +503,11 @@ impl Source {
             .copiers
             .iter()
             .filter_map(|((topic, partition), c)| {
-                Some((topic.to_string(), *partition, c.status.progress.uncommitted()?))
+                Some((
+                    topic.to_string(),
+                    *partition,
+                    c.status.progress.uncommitted()?,
+                ))
             })
             .collect();
         if offsets.is_empty() {
@@ -493,7 +520,11 @@ impl Source {
         let commit = tokio::task::spawn_blocking(move || {
             commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
         });
-        ctx.spawn(commit.into_actor(self).map(|_, act, _| act.committing = false));
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(|_, act, _| act.committing = false),
+        );
     }
 
     /// Restarts copiers whose mailbox closed: actix does not restart an actor
@@ -510,10 +541,16 @@ impl Source {
                 continue;
             };
             if let Some(c) = self.copiers.get(&(Arc::clone(&topic), partition)) {
-                c.status.record_failure("the copier stopped unexpectedly".to_string());
+                c.status
+                    .record_failure("the copier stopped unexpectedly".to_string());
                 c.status.progress.reset();
                 if let Some(offset) = c.status.progress.committable() {
-                    let _ = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO);
+                    let _ = self.consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::ZERO,
+                    );
                 }
             }
             tracing::error!(flow = %self.spec.name, topic = %topic, partition, "copier stopped unexpectedly; starting a new one");
@@ -565,7 +602,10 @@ fn drive(consumer: Arc<SourceConsumer>, stop: Arc<AtomicBool>) {
     // The same error repeats many times a second while a cluster is down:
     // say it when it changes, and again at most every half minute.
     let mut last_error: Option<(String, std::time::Instant)> = None;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             tracing::error!(error = %error, "cannot start the source driver");
@@ -665,7 +705,12 @@ impl Handler<Revoked> for Source {
         let stopped = self.stop_copiers(keys);
         Box::pin(stopped.into_actor(self).map(|offsets, act, _| {
             for (topic, partition, _) in &offsets {
-                if let Some(m) = act.flow.find_partition(topic, *partition).as_ref().and_then(|p| p.progress.metrics()) {
+                if let Some(m) = act
+                    .flow
+                    .find_partition(topic, *partition)
+                    .as_ref()
+                    .and_then(|p| p.progress.metrics())
+                {
                     m.forget();
                 }
                 act.flow.remove_partition(topic, *partition);

@@ -341,14 +341,20 @@ mod tests {
         assert!(!s.matches("strait.offsets"));
 
         let only = TopicSelector::new(&["pay".into()], &[], "k").expect("valid");
-        assert!(!only.matches("payments"), "a pattern must match the whole name");
+        assert!(
+            !only.matches("payments"),
+            "a pattern must match the whole name"
+        );
     }
 
     #[test]
     fn bad_regex_names_key_and_pattern() {
         let err = TopicSelector::new(&["(".into()], &[], "flows[0].topics").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("flows[0].topics") && msg.contains("`(`"), "{msg}");
+        assert!(
+            msg.contains("flows[0].topics") && msg.contains("`(`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -356,7 +362,9 @@ mod tests {
         let f = RenameFormat::parse("${source}.${topic}", "k").expect("valid");
         assert_eq!(f.apply("orders", "east"), "east.orders");
         assert!(!f.is_identity());
-        assert!(RenameFormat::parse("${topic}", "k").expect("valid").is_identity());
+        assert!(RenameFormat::parse("${topic}", "k")
+            .expect("valid")
+            .is_identity());
         assert_eq!(
             RenameFormat::parse("dr-${topic}-copy", "k")
                 .expect("valid")

@@ -177,8 +177,9 @@ impl TransactionalWriter {
     /// Writes the offset-map entry and commits the transaction.
     pub async fn commit(&self, key: &str, stored: &StoredOffset) -> Result<(), CommitError> {
         let value = stored.encode();
-        let entry: BaseRecord<'_, str, [u8], usize> =
-            BaseRecord::with_opaque_to(OFFSETS_TOPIC, 0).key(key).payload(&value);
+        let entry: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(OFFSETS_TOPIC, 0)
+            .key(key)
+            .payload(&value);
         if let Err((e, _)) = send_waiting(&self.producer, entry).await {
             return Err(self.abort(format!("writing the offset map: {e}")).await);
         }

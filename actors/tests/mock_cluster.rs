@@ -76,12 +76,19 @@ fn produce(bootstrap: &str, partitions: i32) {
     for p in 0..partitions {
         for n in 0..RECORDS_PER_PARTITION {
             let id = format!("p{p}-{n}");
-            let record = BaseRecord::<str, str>::to("events").partition(p).payload(&id);
-            producer.send(record).map_err(|(e, _)| e).expect("queue record");
+            let record = BaseRecord::<str, str>::to("events")
+                .partition(p)
+                .payload(&id);
+            producer
+                .send(record)
+                .map_err(|(e, _)| e)
+                .expect("queue record");
             producer.poll(Duration::ZERO);
         }
     }
-    producer.flush(Duration::from_secs(30)).expect("flush source records");
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flush source records");
 }
 
 /// Reads every record of `events` on the destination, per partition, in order.
@@ -120,8 +127,7 @@ fn wait_complete(bootstrap: &str, partitions: i32) -> HashMap<i32, Vec<String>> 
     loop {
         let got = read_destination(bootstrap, partitions);
         let complete = (0..partitions).all(|p| {
-            let ids: std::collections::HashSet<_> =
-                got.get(&p).into_iter().flatten().collect();
+            let ids: std::collections::HashSet<_> = got.get(&p).into_iter().flatten().collect();
             ids.len() == RECORDS_PER_PARTITION
         });
         if complete {
@@ -144,16 +150,25 @@ fn duplicates(ids: &[String]) -> usize {
 
 /// Runs a flow from one mock cluster to another until every record arrived,
 /// and returns what the destination holds and the board.
-fn replicate_with(faults: Faults, before_start: impl FnOnce(&MockCluster<'static, DefaultProducerContext>)) -> (HashMap<i32, Vec<String>>, Arc<StatusBoard>) {
+fn replicate_with(
+    faults: Faults,
+    before_start: impl FnOnce(&MockCluster<'static, DefaultProducerContext>),
+) -> (HashMap<i32, Vec<String>>, Arc<StatusBoard>) {
     let source = MockCluster::new(1).expect("source mock cluster");
     let destination = MockCluster::new(1).expect("destination mock cluster");
     source.create_topic("events", 2, 1).expect("source topic");
-    destination.create_topic("events", 2, 1).expect("destination topic");
+    destination
+        .create_topic("events", 2, 1)
+        .expect("destination topic");
     produce(&source.bootstrap_servers(), 2);
     before_start(&destination);
 
     let board = StatusBoard::new();
-    let spec = flow(&source.bootstrap_servers(), &destination.bootstrap_servers(), faults);
+    let spec = flow(
+        &source.bootstrap_servers(),
+        &destination.bootstrap_servers(),
+        faults,
+    );
     let system = System::new();
     let dst = destination.bootstrap_servers();
     let got = system.block_on({
@@ -186,17 +201,30 @@ fn panicking_copier_is_restarted_and_resumes_from_its_last_acknowledged_offset()
     };
     let (got, board) = replicate_with(faults, |_| {});
     let p0 = &got[&0];
-    assert_eq!(partition_restarts(&board, 0), 1, "partition 0's copier restarted once");
-    assert_eq!(partition_restarts(&board, 1), 0, "partition 1 was not interrupted");
+    assert_eq!(
+        partition_restarts(&board, 0),
+        1,
+        "partition 0's copier restarted once"
+    );
+    assert_eq!(
+        partition_restarts(&board, 1),
+        0,
+        "partition 1 was not interrupted"
+    );
     // Everything before the panic that was acknowledged is not copied again:
     // a restart from the beginning would repeat at least 300 records.
     let repeats = duplicates(p0);
-    assert!(repeats < 300, "{repeats} records copied twice: the copier did not resume from its acknowledged offset");
+    assert!(
+        repeats < 300,
+        "{repeats} records copied twice: the copier did not resume from its acknowledged offset"
+    );
     assert_eq!(duplicates(&got[&1]), 0);
     // Order is kept: the first occurrences come in source order.
     let mut seen = std::collections::HashSet::new();
     let first: Vec<&String> = p0.iter().filter(|id| seen.insert(id.as_str())).collect();
-    let expected: Vec<String> = (0..RECORDS_PER_PARTITION).map(|n| format!("p0-{n}")).collect();
+    let expected: Vec<String> = (0..RECORDS_PER_PARTITION)
+        .map(|n| format!("p0-{n}"))
+        .collect();
     assert_eq!(first, expected.iter().collect::<Vec<_>>());
 }
 
@@ -214,7 +242,11 @@ fn copier_whose_destination_write_fails_is_restarted_and_loses_nothing() {
     assert!(restarts >= 1, "a failed write must restart its copier");
     for p in 0..2 {
         let unique: std::collections::HashSet<_> = got[&p].iter().collect();
-        assert_eq!(unique.len(), RECORDS_PER_PARTITION, "partition {p} lost records");
+        assert_eq!(
+            unique.len(),
+            RECORDS_PER_PARTITION,
+            "partition {p} lost records"
+        );
     }
 }
 
@@ -246,7 +278,9 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                 flow: "mock".into(),
                 source_cluster: "src".into(),
             };
-            let dest = Destination::new(&spec, 2, refusals).expect("producer").start();
+            let dest = Destination::new(&spec, 2, refusals)
+                .expect("producer")
+                .start();
             let sender = {
                 let sent = Arc::clone(&sent);
                 let progress = Arc::clone(&progress);
@@ -265,7 +299,8 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                                 None,
                             ));
                         }
-                        let ack = progress.register(10, batch.bytes(), b * 10, b * 10 + 10, None, None);
+                        let ack =
+                            progress.register(10, batch.bytes(), b * 10, b * 10 + 10, None, None);
                         dest.send(WriteBatch {
                             batch,
                             source_topic: Arc::from("events"),
@@ -287,9 +322,14 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
             let blocked_at = sent.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(1)).await;
             let still = sent.load(Ordering::SeqCst);
-            assert_eq!(blocked_at, still, "the sender kept going while the destination was down");
+            assert_eq!(
+                blocked_at, still,
+                "the sender kept going while the destination was down"
+            );
             destination.broker_up(1).expect("broker up");
-            let finished = tokio::time::timeout(Duration::from_secs(60), sender).await.is_ok();
+            let finished = tokio::time::timeout(Duration::from_secs(60), sender)
+                .await
+                .is_ok();
             (blocked_at, finished)
         }
     });
@@ -297,12 +337,19 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
         blocked_at <= 6,
         "{blocked_at} batches were accepted while the destination was down; at most 5 fit in the producer queue plus the one being written"
     );
-    assert!(finished, "the sender never finished after the destination came back");
+    assert!(
+        finished,
+        "the sender never finished after the destination came back"
+    );
     assert_eq!(sent.load(Ordering::SeqCst), 100);
     let deadline = Instant::now() + Duration::from_secs(30);
     while progress.acked_records() < 1000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(progress.acked_records(), 1000, "every record is acknowledged once the destination is back");
+    assert_eq!(
+        progress.acked_records(),
+        1000,
+        "every record is acknowledged once the destination is back"
+    );
     assert_eq!(progress.committable(), Some(1000));
 }

@@ -314,7 +314,9 @@ fn load(bootstrap: &str, topics: &[String], records: u64, size: usize) -> anyhow
     let counts = partition_counts(&probe)?;
     let mut targets = Vec::new();
     for t in topics {
-        let n = *counts.get(t).with_context(|| format!("topic {t} does not exist"))?;
+        let n = *counts
+            .get(t)
+            .with_context(|| format!("topic {t} does not exist"))?;
         targets.extend((0..n).map(|p| (t.as_str(), p)));
     }
     let producer: ThreadedProducer<CountingContext> = client(bootstrap)
@@ -511,11 +513,16 @@ fn destination_records(
 
 /// A plain HTTP/1.1 GET, for Strait's /status.
 fn http_get(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("http://").context("status url must be http://")?;
+    let rest = url
+        .strip_prefix("http://")
+        .context("status url must be http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut s = TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     let (_, body) = body.split_once("\r\n\r\n").context("no HTTP body")?;
@@ -528,7 +535,9 @@ fn status_records(url: &str, topics: &[String]) -> anyhow::Result<i64> {
     let v: Value = serde_json::from_str(&http_get(url)?)?;
     let mut sum = 0;
     for flow in v["flows"].as_array().into_iter().flatten() {
-        let Some(ts) = flow["topics"].as_object() else { continue };
+        let Some(ts) = flow["topics"].as_object() else {
+            continue;
+        };
         for (name, t) in ts {
             if !topics.contains(name) {
                 continue;
@@ -609,13 +618,25 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
         if count != last_count {
             (last_count, last_change) = (count, Instant::now());
         } else if last_change.elapsed() > a.stall {
-            bail!("no progress for {:?}: {count} of {} records", a.stall, a.expect);
+            bail!(
+                "no progress for {:?}: {count} of {} records",
+                a.stall,
+                a.expect
+            );
         }
         if started.elapsed() > a.timeout {
-            bail!("timed out after {:?} with {count} of {} records", a.timeout, a.expect);
+            bail!(
+                "timed out after {:?} with {count} of {} records",
+                a.timeout,
+                a.expect
+            );
         }
         // Fine-grained until the first record (start-up time), then lighter on the broker.
-        thread::sleep(if first.is_some() { a.interval * 4 } else { a.interval });
+        thread::sleep(if first.is_some() {
+            a.interval * 4
+        } else {
+            a.interval
+        });
     }
 }
 
@@ -713,8 +734,11 @@ fn latency(
     let mut drain_deadline: Option<Instant> = None;
     loop {
         if !producing.load(Ordering::SeqCst) {
-            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
-            if latencies_us.len() as u64 >= warm_sent.load(Ordering::SeqCst) || Instant::now() > deadline {
+            let deadline =
+                *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+            if latencies_us.len() as u64 >= warm_sent.load(Ordering::SeqCst)
+                || Instant::now() > deadline
+            {
                 break;
             }
         }
