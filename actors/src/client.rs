@@ -1,10 +1,12 @@
 //! Building rdkafka clients for a cluster: defaults, user properties, and the
 //! settings Strait's guarantees depend on, in that order of precedence.
 
+use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 
+use crate::error::ReplicationError;
 use crate::spec::ClusterSpec;
 
 /// A client config for `cluster`: `defaults` first, then the user's
@@ -61,6 +63,25 @@ pub fn log_client_error(cluster: &str, error: &KafkaError, reason: &str) {
         return;
     }
     tracing::warn!(cluster, error = %error, "{reason}");
+}
+
+/// An admin client for `cluster`.
+pub fn admin_client(
+    cluster: &ClusterSpec,
+) -> Result<AdminClient<LoggingContext>, ReplicationError> {
+    // librdkafka's admin client is a producer underneath, and producers
+    // default to asking brokers to auto-create topics they look up: a lookup
+    // of a missing topic would create it with the broker's defaults (where
+    // `auto.create.topics.enable` is on, Kafka's default).
+    let forced = [("allow.auto.create.topics", "false".to_string())];
+    client_config(cluster, &[], &forced)
+        .create_with_context(LoggingContext {
+            cluster: cluster.alias.clone(),
+        })
+        .map_err(|source| ReplicationError::ClientCreation {
+            cluster: cluster.alias.clone(),
+            source,
+        })
 }
 
 /// A client context that only routes logs, for admin clients.

@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier}
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{client_config, LoggingContext};
+use crate::client::{admin_client, LoggingContext};
 use crate::error::ReplicationError;
 use crate::spec::{ClusterSpec, FlowSpec, TopicSelector};
 
@@ -105,14 +105,7 @@ pub struct TopicReader {
 impl TopicReader {
     /// An admin client for `cluster`.
     pub fn new(cluster: &ClusterSpec) -> Result<Self, ReplicationError> {
-        let admin = client_config(cluster, &[], &[])
-            .create_with_context(LoggingContext {
-                cluster: cluster.alias.clone(),
-            })
-            .map_err(|source| ReplicationError::ClientCreation {
-                cluster: cluster.alias.clone(),
-                source,
-            })?;
+        let admin = admin_client(cluster)?;
         Ok(Self {
             cluster: cluster.clone(),
             admin: Arc::new(admin),

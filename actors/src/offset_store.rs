@@ -13,14 +13,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{client_config, LoggingContext};
+use crate::client::{admin_client, client_config, LoggingContext};
 use crate::error::ReplicationError;
 use crate::spec::ClusterSpec;
 
@@ -78,14 +78,7 @@ pub async fn ensure_internal_topic(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> Result<(), ReplicationError> {
-    let admin: AdminClient<LoggingContext> = client_config(cluster, &[], &[])
-        .create_with_context(LoggingContext {
-            cluster: cluster.alias.clone(),
-        })
-        .map_err(|source| ReplicationError::ClientCreation {
-            cluster: cluster.alias.clone(),
-            source,
-        })?;
+    let admin = admin_client(cluster)?;
     let error = |reason: String| ReplicationError::TopicCreation {
         cluster: cluster.alias.clone(),
         topic: name.to_string(),

@@ -32,7 +32,7 @@ use rdkafka::admin::{
 use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::Semaphore;
 
-use crate::client::{client_config, LoggingContext};
+use crate::client::{admin_client, LoggingContext};
 use crate::error::ReplicationError;
 use crate::spec::ClusterSpec;
 
@@ -223,19 +223,7 @@ struct Layouts {
 impl TopicAdmin {
     /// An admin client for `cluster`.
     pub fn new(cluster: &ClusterSpec) -> Result<Self, ReplicationError> {
-        // librdkafka's admin client is a producer underneath, and producers
-        // default to asking brokers to auto-create topics they look up: a
-        // lookup of a missing topic would create it with the broker's
-        // defaults (where `auto.create.topics.enable` is on, Kafka's default).
-        let forced = [("allow.auto.create.topics", "false".to_string())];
-        let admin = client_config(cluster, &[], &forced)
-            .create_with_context(LoggingContext {
-                cluster: cluster.alias.clone(),
-            })
-            .map_err(|source| ReplicationError::ClientCreation {
-                cluster: cluster.alias.clone(),
-                source,
-            })?;
+        let admin = admin_client(cluster)?;
         Ok(Self {
             cluster: cluster.alias.clone(),
             admin: Arc::new(admin),
