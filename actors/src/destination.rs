@@ -116,7 +116,15 @@ impl ProducerContext for DestinationContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<InFlight>) {
         match result {
-            Ok(_) => delivery.ack.delivered(),
+            Ok(message) => {
+                if !delivery.dead_letter {
+                    delivery
+                        .ack
+                        .progress()
+                        .destination_delivered(message.offset());
+                }
+                delivery.ack.delivered()
+            }
             Err((error, message)) => {
                 let record = RefusedRecord {
                     key: message.key(),

@@ -29,6 +29,8 @@ pub struct PartitionProgress {
     high_watermark: AtomicI64,
     /// Where acknowledged batches are counted and timed.
     metrics: OnceLock<PartitionMetrics>,
+    /// Next destination offset after the newest acknowledged record (-1: none yet).
+    destination_next: AtomicI64,
 }
 
 impl std::fmt::Debug for PartitionMetrics {
@@ -88,6 +90,7 @@ impl PartitionProgress {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             high_watermark: AtomicI64::new(-1),
+            destination_next: AtomicI64::new(-1),
             ..Self::default()
         })
     }
@@ -253,6 +256,19 @@ impl PartitionProgress {
     /// The partition's metrics, once attached.
     pub fn metrics(&self) -> Option<&PartitionMetrics> {
         self.metrics.get()
+    }
+
+    /// The destination acknowledged a record written at `offset` of the
+    /// destination partition. One atomic maximum: fit for the delivery callback.
+    pub fn destination_delivered(&self, offset: i64) {
+        self.destination_next
+            .fetch_max(offset.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Next destination offset after the newest acknowledged record, once one is.
+    pub fn destination_offset(&self) -> Option<i64> {
+        let offset = self.destination_next.load(Ordering::Relaxed);
+        (offset >= 0).then_some(offset)
     }
 
     /// Records the source's high watermark.

@@ -5,7 +5,7 @@
 //! and bootstrap servers only.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -327,7 +327,6 @@ impl FlowStatus {
                         state: Mutex::new(PartitionState::Copying),
                         restarts: AtomicU64::new(0),
                         last_error: Mutex::new(None),
-                        destination_offset: AtomicI64::new(-1),
                     })
                 }),
         )
@@ -440,8 +439,6 @@ pub struct PartitionStatus {
     state: Mutex<PartitionState>,
     restarts: AtomicU64,
     last_error: Mutex<Option<String>>,
-    /// Next offset after the newest record the destination acknowledged (-1: none yet).
-    destination_offset: AtomicI64,
 }
 
 impl PartitionStatus {
@@ -470,15 +467,13 @@ impl PartitionStatus {
     /// `offset` of the destination partition. Cheap (one atomic maximum):
     /// call it from the delivery callback.
     pub fn destination_delivered(&self, offset: i64) {
-        self.destination_offset
-            .fetch_max(offset.saturating_add(1), Ordering::Relaxed);
+        self.progress.destination_delivered(offset);
     }
 
     /// Next offset after the newest record the destination acknowledged,
     /// once one has been.
     pub fn destination_offset(&self) -> Option<i64> {
-        let offset = self.destination_offset.load(Ordering::Relaxed);
-        (offset >= 0).then_some(offset)
+        self.progress.destination_offset()
     }
 
     /// Seconds between now and the source timestamp of the newest
