@@ -42,6 +42,47 @@ use crate::transactional::{CommitError, TransactionalWriter};
 /// can miss a wake-up on split queues (rust-rdkafka #665); this bounds the stall.
 const IDLE_RECHECK: Duration = Duration::from_millis(200);
 
+/// Bytes of batches a flow may hold between its copiers and the destination:
+/// each copier awaits one send at a time, so without it a thousand copiers
+/// could each hold a full batch (`batch_max_bytes`) while the destination
+/// works through them. One permit is one KB.
+#[derive(Clone, Debug)]
+pub struct BatchBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    kbytes: u32,
+}
+
+impl BatchBudget {
+    /// A budget of `bytes` (at least 1 MB).
+    pub fn new(bytes: usize) -> Self {
+        let kbytes = u32::try_from((bytes / 1024).max(1024)).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(kbytes as usize)),
+            kbytes,
+        }
+    }
+
+    /// Waits for room for a batch of up to `bytes`; answers with the room
+    /// taken, in bytes, which may be less than asked (never more than a
+    /// quarter of the budget, so that several partitions make progress).
+    async fn reserve(
+        &self,
+        bytes: usize,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, usize), ReplicationError> {
+        let kbytes = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, (self.kbytes / 4).max(1));
+        let permit = Arc::clone(&self.permits)
+            .acquire_many_owned(kbytes)
+            .await
+            // Only a closed semaphore fails, and this one is never closed.
+            .map_err(|_| ReplicationError::ActorGone {
+                actor: "batch budget",
+            })?;
+        Ok((permit, kbytes as usize * 1024))
+    }
+}
+
 /// A partition queue split off the source's group consumer.
 pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
 
@@ -82,6 +123,7 @@ pub struct Copier {
     on_error: OnError,
     exactly_once: Option<ExactlyOnce>,
     injected_panic: Option<InjectedPanic>,
+    budget: BatchBudget,
     /// Set to ask the reading loop to finish its current batch and stop.
     stop: Arc<AtomicBool>,
     /// True while the reading loop runs.
@@ -120,6 +162,8 @@ pub struct CopierParts {
     pub exactly_once: Option<ExactlyOnce>,
     /// Test-only failure injection.
     pub injected_panic: Option<InjectedPanic>,
+    /// The flow's room for batches on their way to the destination.
+    pub budget: BatchBudget,
 }
 
 impl Copier {
@@ -138,6 +182,7 @@ impl Copier {
             on_error: parts.on_error,
             exactly_once: parts.exactly_once,
             injected_panic: parts.injected_panic,
+            budget: parts.budget,
             stop: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
             failures_in_row: 0,
@@ -172,6 +217,7 @@ impl Copier {
             tuning: self.tuning.clone(),
             on_error: self.on_error.clone(),
             injected_panic: self.injected_panic.clone(),
+            budget: self.budget.clone(),
             stop: Arc::clone(&self.stop),
             isolate_until: self.isolate_until,
         };
@@ -347,6 +393,7 @@ struct Reader {
     tuning: Tuning,
     on_error: OnError,
     injected_panic: Option<InjectedPanic>,
+    budget: BatchBudget,
     stop: Arc<AtomicBool>,
     /// Records before this offset are sent one at a time.
     isolate_until: Option<i64>,
@@ -360,6 +407,8 @@ impl Reader {
         // Where the first record should be: anything before what arrives
         // first is gone from the source, and that must not pass unnoticed.
         let mut expected = self.status.progress.committable();
+        // Records and bytes of the previous batch.
+        let mut last_size = (16, 16 * 1024);
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -396,15 +445,17 @@ impl Reader {
             // After a batch was refused as too large, its records go one by
             // one, each alone in flight, so a refusal names the record.
             let alone = self.isolate_until.is_some_and(|end| first.offset() < end);
+            let (mut permit, room) = self.budget.reserve(self.tuning.batch_max_bytes).await?;
+            let max_bytes = self.tuning.batch_max_bytes.min(room);
+            // Sized like the previous batch: a thousand mostly idle partitions
+            // must not each hold a buffer sized for a busy one.
             let mut batch = Batch::with_capacity(
-                self.tuning.batch_max_records.min(1024),
-                self.tuning.batch_max_bytes.min(256 * 1024),
+                last_size.0.min(self.tuning.batch_max_records),
+                last_size.1.min(max_bytes),
             );
             batch.push(&first);
             drop(first);
-            while !alone
-                && batch.len() < self.tuning.batch_max_records
-                && batch.bytes() < self.tuning.batch_max_bytes
+            while !alone && batch.len() < self.tuning.batch_max_records && batch.bytes() < max_bytes
             {
                 match stream.next().now_or_never() {
                     Some(Some(Ok(message))) => batch.push(&message),
@@ -416,8 +467,13 @@ impl Reader {
                 }
             }
             self.inject_panic(&batch);
+            // Keep only the room the batch takes (its first record may have
+            // been larger than the room, which is then all it gets).
+            let used = batch.bytes().div_ceil(1024).max(1);
+            drop(permit.split(permit.num_permits().saturating_sub(used)));
+            last_size = (batch.len(), batch.bytes());
             read_up_to = batch.next_offset().unwrap_or(read_up_to).max(read_up_to);
-            self.send(batch, alone, read_at).await?;
+            self.send(batch, alone, read_at, permit).await?;
             if alone {
                 self.wait_until_acknowledged().await;
             }
@@ -655,6 +711,7 @@ impl Reader {
         batch: Batch,
         alone: bool,
         read_at: Instant,
+        budget: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
@@ -678,6 +735,7 @@ impl Reader {
                 partition: self.partition,
                 ack,
                 alone,
+                budget: Some(budget),
             })
             .await
             .map_err(|_| ReplicationError::ActorGone {
@@ -775,4 +833,28 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batch_budget_caps_a_reservation_and_makes_the_next_wait_until_room_is_given_back() {
+        let budget = BatchBudget::new(4 * 1024 * 1024);
+        let (first, room) = budget.reserve(8 * 1024 * 1024).await.expect("open");
+        assert_eq!(room, 1024 * 1024, "at most a quarter of the budget");
+        let mut held = vec![first];
+        for _ in 0..3 {
+            held.push(budget.reserve(1024 * 1024).await.expect("open").0);
+        }
+        let blocked = tokio::time::timeout(Duration::from_millis(50), budget.reserve(1)).await;
+        assert!(blocked.is_err(), "a full budget makes the next copier wait");
+        held.pop();
+        let (_, room) = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1))
+            .await
+            .expect("room given back")
+            .expect("open");
+        assert_eq!(room, 1024, "a reservation is counted in whole KB");
+    }
 }

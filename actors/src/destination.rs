@@ -41,7 +41,7 @@ fn producer_defaults() -> Vec<(&'static str, String)> {
     vec![
         // Bounds the records buffered for the destination: with the bounded
         // mailbox, this is what keeps memory flat while the destination is away.
-        ("queue.buffering.max.kbytes", "65536".into()),
+        ("queue.buffering.max.kbytes", "32768".into()),
         ("queue.buffering.max.messages", "200000".into()),
         ("linger.ms", "5".into()),
         ("batch.size", "1000000".into()),
@@ -334,6 +334,10 @@ pub struct WriteBatch {
     pub ack: Arc<BatchAck>,
     /// A single record sent with nothing else of its partition in flight.
     pub alone: bool,
+    /// The batch's share of the flow's budget for batches on their way here
+    /// (see [`crate::copier::BatchBudget`]); given back when the batch is
+    /// dropped, once its records are in the producer's queue.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Handler<WriteBatch> for Destination {

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -36,6 +36,10 @@ use crate::topic_admin::{
 
 /// Longest wait between two attempts to create a destination topic.
 const TOPIC_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Longest a subscription waits for topics still being created.
+const SUBSCRIBE_COALESCE_MAX: Duration = Duration::from_secs(1);
+/// How often a held-back subscription looks again.
+const SUBSCRIBE_COALESCE_STEP: Duration = Duration::from_millis(20);
 
 /// The wait before attempt `failures + 1` at preparing a topic: 1 s, doubling,
 /// at most [`TOPIC_RETRY_MAX`].
@@ -140,6 +144,10 @@ pub struct FlowSupervisor {
     history: Arc<PartitionHistory>,
     /// Strait's own destination topics (offset map, dead-letter) exist.
     internal_topics_ready: bool,
+    /// When a subscription was first held back for topics being created.
+    subscribe_deferred_since: Option<Instant>,
+    /// A held-back subscription is due to be looked at again.
+    subscribe_pending: bool,
     stopping: bool,
 }
 
@@ -189,6 +197,8 @@ impl FlowSupervisor {
                 warned: BTreeMap::new(),
                 history,
                 internal_topics_ready: false,
+                subscribe_deferred_since: None,
+                subscribe_pending: false,
                 stopping: false,
             }
         });
@@ -462,11 +472,36 @@ impl FlowSupervisor {
             // Subscribed once they exist (see `prepare_internal_topics`).
             return;
         }
+        // Topics still being created join the same subscription: each change
+        // of subscription is a rebalance, and one that lands while the group
+        // is joining costs a heartbeat interval (3 s at start-up).
+        let preparing = self.in_flight.iter().any(|t| !self.ready.contains(t));
+        let since = *self
+            .subscribe_deferred_since
+            .get_or_insert_with(Instant::now);
+        if preparing && since.elapsed() < SUBSCRIBE_COALESCE_MAX {
+            if !self.subscribe_pending {
+                self.subscribe_pending = true;
+                ctx.run_later(SUBSCRIBE_COALESCE_STEP, |act, ctx| {
+                    act.subscribe_pending = false;
+                    act.subscribe(ctx);
+                });
+            }
+            return;
+        }
+        self.subscribe_deferred_since = None;
         let topics = self.ready.clone();
+        // Every topic found, not only those ready: the first subscription
+        // sizes the consumer for all of them (see `source::prefetch_kbytes`).
+        let partitions = self
+            .known
+            .values()
+            .map(|t| t.partitions.max(0) as usize)
+            .sum();
         let name = self.spec.name.clone();
         ctx.spawn(
             self.source
-                .send(Subscribe(topics))
+                .send(Subscribe { topics, partitions })
                 .into_actor(self)
                 .map(move |result, _, _| match result {
                     Ok(Ok(())) => {}

@@ -33,7 +33,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQueue, StopCopier};
+use crate::copier::{
+    BatchBudget, Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQueue, StopCopier,
+};
 use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
 use crate::error::ReplicationError;
@@ -47,8 +49,27 @@ pub type SourceConsumer = StreamConsumer<SourceContext>;
 /// How often copiers are checked for a closed mailbox, and metrics published.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Memory the source consumer may hold in prefetched records, divided among
+/// the partitions it subscribes to (see [`prefetch_kbytes`]).
+pub const SOURCE_PREFETCH_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// Bytes of batches a flow holds between its copiers and the destination at
+/// most (or four batches of `batch_max_bytes`, if more).
+pub const BATCH_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
+/// Per-partition prefetch, in KB: the budget shared by `partitions`, between
+/// 256 KB and 4 MB. librdkafka's `queued.max.messages.kbytes` applies per
+/// partition with split queues (librdkafka #4137), and a partition whose queue
+/// is over it is not fetched. On 8 partitions 4 MB each keeps the copiers fed
+/// (1 MB left them idle 40% of the time); on a thousand, 4 MB each could hold
+/// gigabytes, and less than 256 KB makes fetches so small that the brokers'
+/// work per record, not Strait's, sets the pace. See BENCHMARKS.md.
+pub fn prefetch_kbytes(partitions: usize) -> usize {
+    (SOURCE_PREFETCH_BUDGET_BYTES / 1024 / partitions.max(1)).clamp(256, 4096)
+}
+
 /// Consumer defaults, each overridable through `[clusters.NAME.kafka]`.
-fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
+fn consumer_defaults(spec: &FlowSpec, partitions: usize) -> Vec<(&'static str, String)> {
     let refresh_ms = spec
         .topic_refresh_interval
         .as_millis()
@@ -56,10 +77,22 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
     vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        // With split queues this bound applies per partition (librdkafka #4137):
-        // 4 MB keeps a 1,000-partition flow's prefetch to a few GB at worst
-        // while leaving each partition several batches of read-ahead.
-        ("queued.max.messages.kbytes", "4096".into()),
+        (
+            "queued.max.messages.kbytes",
+            prefetch_kbytes(partitions).to_string(),
+        ),
+        // A partition over that bound is looked at again after this long; the
+        // default (1 s) left copiers idle once they had drained their queue,
+        // capping a partition at 4 MB a second.
+        ("fetch.queue.backoff.ms", "10".into()),
+        // One fetch per partition at most this big, so that a fetch does not
+        // overshoot a small per-partition bound by much.
+        (
+            "max.partition.fetch.bytes",
+            (prefetch_kbytes(partitions) * 1024)
+                .min(1024 * 1024)
+                .to_string(),
+        ),
         // Fresh high watermarks for lag.
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
@@ -339,7 +372,11 @@ struct CopierEntry {
 pub struct Source {
     spec: Arc<FlowSpec>,
     flow: Arc<FlowStatus>,
-    consumer: Arc<SourceConsumer>,
+    /// Created at the first subscription, sized to the partitions subscribed.
+    consumer: Option<Arc<SourceConsumer>>,
+    /// Shared by the flow's copiers.
+    budget: BatchBudget,
+    history: Arc<PartitionHistory>,
     destination: Addr<Destination>,
     copiers: HashMap<(Arc<str>, i32), CopierEntry>,
     subscription: BTreeSet<String>,
@@ -350,17 +387,54 @@ pub struct Source {
 }
 
 impl Source {
-    /// Creates the group consumer and starts the supervisor and its driver thread.
+    /// Starts the supervisor. The group consumer is created when the flow
+    /// first subscribes (see [`Subscribe`]); its properties are checked here,
+    /// so that bad ones fail the start.
     pub fn start(
         spec: Arc<FlowSpec>,
         flow: Arc<FlowStatus>,
         destination: Addr<Destination>,
         history: Arc<PartitionHistory>,
     ) -> Result<Addr<Self>, ReplicationError> {
-        let context = SourceContext {
-            history,
+        client_config(
+            &spec.source,
+            &consumer_defaults(&spec, 1),
+            &consumer_forced(&spec),
+        )
+        .create::<BaseConsumer>()
+        .map_err(|source| ReplicationError::ClientCreation {
             cluster: spec.source.alias.clone(),
-            flow: Arc::clone(&flow),
+            source,
+        })?;
+        let budget = BatchBudget::new(BATCH_BUDGET_BYTES.max(4 * spec.tuning.batch_max_bytes));
+        let source = Self {
+            spec,
+            flow,
+            consumer: None,
+            budget,
+            history,
+            destination,
+            copiers: HashMap::new(),
+            subscription: BTreeSet::new(),
+            driver_stop: Arc::new(AtomicBool::new(false)),
+            driver: None,
+            committing: false,
+            stopping: false,
+        };
+        Ok(source.start())
+    }
+
+    /// Creates the group consumer and its driver thread.
+    fn create_consumer(
+        &mut self,
+        partitions: usize,
+        ctx: &Context<Self>,
+    ) -> Result<Arc<SourceConsumer>, ReplicationError> {
+        let spec = &self.spec;
+        let context = SourceContext {
+            history: Arc::clone(&self.history),
+            cluster: spec.source.alias.clone(),
+            flow: Arc::clone(&self.flow),
             start_from: spec.start_from,
             consumer: OnceLock::new(),
             supervisor: OnceLock::new(),
@@ -369,8 +443,8 @@ impl Source {
         };
         let consumer: SourceConsumer = client_config(
             &spec.source,
-            &consumer_defaults(&spec),
-            &consumer_forced(&spec),
+            &consumer_defaults(spec, partitions),
+            &consumer_forced(spec),
         )
         .create_with_context(context)
         .map_err(|source| ReplicationError::ClientCreation {
@@ -379,25 +453,14 @@ impl Source {
         })?;
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-
-        let driver_stop = Arc::new(AtomicBool::new(false));
-        let source = Self {
-            spec,
-            flow,
-            consumer: Arc::clone(&consumer),
-            destination,
-            copiers: HashMap::new(),
-            subscription: BTreeSet::new(),
-            driver_stop: Arc::clone(&driver_stop),
-            driver: None,
-            committing: false,
-            stopping: false,
-        };
-        let addr = source.start();
-        let _ = consumer.context().supervisor.set(addr.clone());
-        let driver = spawn_driver(Arc::clone(&consumer), driver_stop)?;
-        addr.do_send(SetDriver(driver));
-        Ok(addr)
+        let _ = consumer.context().supervisor.set(ctx.address());
+        self.driver = Some(spawn_driver(
+            Arc::clone(&consumer),
+            Arc::clone(&self.driver_stop),
+        )?);
+        tracing::info!(flow = %spec.name, partitions, prefetch_kbytes = prefetch_kbytes(partitions), "source consumer created");
+        self.consumer = Some(Arc::clone(&consumer));
+        Ok(consumer)
     }
 
     fn start_copier(
@@ -424,13 +487,16 @@ impl Source {
             .get(&key)
             .and_then(|c| c.injected_panic.clone())
             .or_else(|| self.injected_panic_for(topic, partition));
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
         let addr = Copier::start(CopierParts {
             flow: Arc::from(self.spec.name.as_str()),
             topic: Arc::clone(&key.0),
             partition,
             destination_topic: Arc::from(destination_topic.as_str()),
             queue,
-            consumer: Arc::clone(&self.consumer),
+            consumer,
             destination: self.destination.clone(),
             status: Arc::clone(&status),
             tuning: self.spec.tuning.clone(),
@@ -442,6 +508,7 @@ impl Source {
                 source_cluster: self.spec.source.alias.clone(),
             }),
             injected_panic: injected_panic.clone(),
+            budget: self.budget.clone(),
         });
         self.copiers.insert(
             key,
@@ -510,11 +577,13 @@ impl Source {
                 ))
             })
             .collect();
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
         if offsets.is_empty() {
             return;
         }
         self.committing = true;
-        let consumer = Arc::clone(&self.consumer);
         let flow = Arc::clone(&self.flow);
         let cluster = self.spec.source.alias.clone();
         let commit = tokio::task::spawn_blocking(move || {
@@ -530,6 +599,9 @@ impl Source {
     /// Restarts copiers whose mailbox closed: actix does not restart an actor
     /// that panicked outside its guarded loop.
     fn revive_dead_copiers(&mut self) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
         let dead: Vec<_> = self
             .copiers
             .iter()
@@ -537,7 +609,7 @@ impl Source {
             .map(|(k, _)| k.clone())
             .collect();
         for (topic, partition) in dead {
-            let Some(queue) = self.consumer.split_partition_queue(&topic, partition) else {
+            let Some(queue) = consumer.split_partition_queue(&topic, partition) else {
                 continue;
             };
             if let Some(c) = self.copiers.get(&(Arc::clone(&topic), partition)) {
@@ -545,12 +617,8 @@ impl Source {
                     .record_failure("the copier stopped unexpectedly".to_string());
                 c.status.progress.reset();
                 if let Some(offset) = c.status.progress.committable() {
-                    let _ = self.consumer.seek(
-                        &topic,
-                        partition,
-                        Offset::Offset(offset),
-                        Duration::ZERO,
-                    );
+                    let _ =
+                        consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO);
                 }
             }
             tracing::error!(flow = %self.spec.name, topic = %topic, partition, "copier stopped unexpectedly; starting a new one");
@@ -653,17 +721,6 @@ impl Actor for Source {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct SetDriver(JoinHandle<()>);
-
-impl Handler<SetDriver> for Source {
-    type Result = ();
-    fn handle(&mut self, SetDriver(handle): SetDriver, _: &mut Context<Self>) {
-        self.driver = Some(handle);
-    }
-}
-
 /// Partitions newly assigned to this instance (from the driver thread).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -723,21 +780,32 @@ impl Handler<Revoked> for Source {
 /// The topics the group consumer should read, replacing the previous set.
 #[derive(Message)]
 #[rtype(result = "Result<(), ReplicationError>")]
-pub struct Subscribe(pub BTreeSet<String>);
+pub struct Subscribe {
+    /// Topic names.
+    pub topics: BTreeSet<String>,
+    /// Their partitions in all: the first subscription sizes the prefetch.
+    pub partitions: usize,
+}
 
 impl Handler<Subscribe> for Source {
     type Result = Result<(), ReplicationError>;
 
-    fn handle(&mut self, Subscribe(topics): Subscribe, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        let Subscribe { topics, partitions } = msg;
         if self.stopping || topics == self.subscription {
             return Ok(());
         }
+        let consumer = match (&self.consumer, topics.is_empty()) {
+            (Some(consumer), _) => Arc::clone(consumer),
+            (None, true) => return Ok(()),
+            (None, false) => self.create_consumer(partitions, ctx)?,
+        };
         let result = if topics.is_empty() {
-            self.consumer.unsubscribe();
+            consumer.unsubscribe();
             Ok(())
         } else {
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            self.consumer.subscribe(&names)
+            consumer.subscribe(&names)
         };
         result.map_err(|source| ReplicationError::Subscribe {
             cluster: self.spec.source.alias.clone(),
@@ -761,20 +829,25 @@ impl Handler<StopSource> for Source {
         self.stopping = true;
         // From here on, rebalance callbacks (e.g. when the consumer closes)
         // must not wait on this actor.
-        self.consumer
-            .context()
-            .shutting_down
-            .store(true, Ordering::SeqCst);
+        if let Some(consumer) = &self.consumer {
+            consumer
+                .context()
+                .shutting_down
+                .store(true, Ordering::SeqCst);
+        }
         let keys: Vec<_> = self.copiers.keys().cloned().collect();
         let stopped = self.stop_copiers(keys);
         Box::pin(stopped.into_actor(self).then(|offsets, act, _| {
-            let consumer = Arc::clone(&act.consumer);
+            let consumer = act.consumer.clone();
             let flow = Arc::clone(&act.flow);
             let cluster = act.spec.source.alias.clone();
             let stop = Arc::clone(&act.driver_stop);
             let driver = act.driver.take();
             async move {
                 let _ = tokio::task::spawn_blocking(move || {
+                    let Some(consumer) = consumer else {
+                        return;
+                    };
                     commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
                     for p in flow.partitions() {
                         p.set_state(PartitionState::Stopped);
@@ -793,5 +866,19 @@ impl Handler<StopSource> for Source {
                 ctx.stop();
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use super::prefetch_kbytes;
+
+    #[test]
+    fn prefetch_shares_the_budget_between_256_kb_and_4_mb_per_partition() {
+        assert_eq!(prefetch_kbytes(0), 4096);
+        assert_eq!(prefetch_kbytes(8), 4096);
+        assert_eq!(prefetch_kbytes(100), 2621);
+        assert_eq!(prefetch_kbytes(1000), 262);
+        assert_eq!(prefetch_kbytes(100_000), 256);
     }
 }

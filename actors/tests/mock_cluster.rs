@@ -308,6 +308,7 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                             partition: 0,
                             ack,
                             alone: false,
+                            budget: None,
                         })
                         .await
                         .expect("destination alive")
