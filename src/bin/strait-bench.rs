@@ -354,11 +354,34 @@ fn load(bootstrap: &str, topics: &[String], records: u64, size: usize) -> anyhow
     if failed > 0 {
         bail!("{failed} records were not delivered");
     }
+    warm_group_coordinator(bootstrap, targets[0])?;
     Ok(json!({
         "records": records, "bytes": bytes, "seconds": secs,
         "records_per_s": records as f64 / secs, "mb_per_s": bytes as f64 / secs / 1e6,
         "partitions": targets.len(),
     }))
+}
+
+/// Makes the cluster create `__consumer_offsets` now: the first consumer
+/// group on a fresh cluster waits seconds for it, which would be charged to
+/// whichever replicator happens to use a group first.
+fn warm_group_coordinator(bootstrap: &str, (topic, partition): (&str, i32)) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", "strait-bench-warm-up")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the group coordinator: {e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => bail!("no group coordinator on {bootstrap} after 60 s: {e}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- pipe
