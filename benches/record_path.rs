@@ -57,10 +57,11 @@ fn messages(n: usize, value_size: usize, headers: usize) -> Vec<OwnedMessage> {
         .collect()
 }
 
-/// A batch as a copier fills it (copier.rs): the same initial capacities,
-/// closed at `BATCH` records or `BATCH_BYTES` bytes, whichever comes first.
+/// A batch as a copier fills it in steady state (copier.rs): sized like the
+/// previous, full, batch, closed at `BATCH` records or `BATCH_BYTES` bytes,
+/// whichever comes first.
 fn batch_of(msgs: &[OwnedMessage]) -> Batch {
-    let mut batch = Batch::with_capacity(BATCH.min(1024), 256 * 1024);
+    let mut batch = Batch::with_capacity(BATCH, BATCH_BYTES);
     for m in msgs {
         batch.push(m);
         if batch.len() >= BATCH || batch.bytes() >= BATCH_BYTES {

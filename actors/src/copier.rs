@@ -38,9 +38,14 @@ use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
 use crate::transactional::{CommitError, TransactionalWriter};
 
-/// How long a copier waits on an empty queue before looking again. librdkafka
-/// can miss a wake-up on split queues (rust-rdkafka #665); this bounds the stall.
+/// How long a copier waits on an empty queue before looking again: from
+/// `IDLE_RECHECK_MIN` after a record, doubling up to `IDLE_RECHECK` while
+/// nothing comes. librdkafka can miss a wake-up on split queues
+/// (rust-rdkafka #665); this bounds the stall, closely while records flow
+/// (at 25 records/s per partition a fixed 200 ms made p99 latency 82 ms)
+/// and cheaply while a partition is idle.
 const IDLE_RECHECK: Duration = Duration::from_millis(200);
+const IDLE_RECHECK_MIN: Duration = Duration::from_millis(10);
 
 /// Bytes of batches a flow may hold between its copiers and the destination:
 /// each copier awaits one send at a time, so without it a thousand copiers
@@ -409,6 +414,7 @@ impl Reader {
         let mut expected = self.status.progress.committable();
         // Records and bytes of the previous batch.
         let mut last_size = (16, 16 * 1024);
+        let mut recheck = IDLE_RECHECK_MIN;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -425,8 +431,11 @@ impl Reader {
                 }
                 return Err(self.refused(failure.offset, failure.reason, failure.permanent));
             }
-            let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
-                Err(_idle) => continue,
+            let first = match tokio::time::timeout(recheck, stream.next()).await {
+                Err(_idle) => {
+                    recheck = (recheck * 2).min(IDLE_RECHECK);
+                    continue;
+                }
                 Ok(None) => {
                     return Err(ReplicationError::ActorGone {
                         actor: "partition queue",
@@ -438,6 +447,7 @@ impl Reader {
                 }
                 Ok(Some(Ok(message))) => message,
             };
+            recheck = IDLE_RECHECK_MIN;
             let read_at = Instant::now();
             if let Some(expected) = expected.take() {
                 self.note_gap(expected, first.offset());
@@ -520,12 +530,16 @@ impl Reader {
         // destination refused them for good and the transaction was aborted.
         let mut refused: BTreeMap<i64, String> = BTreeMap::new();
         let mut stream = self.queue.stream();
+        let mut recheck = IDLE_RECHECK_MIN;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let first = match tokio::time::timeout(IDLE_RECHECK, stream.next()).await {
-                Err(_idle) => continue,
+            let first = match tokio::time::timeout(recheck, stream.next()).await {
+                Err(_idle) => {
+                    recheck = (recheck * 2).min(IDLE_RECHECK);
+                    continue;
+                }
                 Ok(None) => {
                     return Err(ReplicationError::ActorGone {
                         actor: "partition queue",
@@ -539,6 +553,7 @@ impl Reader {
                 Ok(Some(Ok(m))) if next.is_some_and(|n| m.offset() < n) => continue,
                 Ok(Some(Ok(m))) => m,
             };
+            recheck = IDLE_RECHECK_MIN;
             if let Some(expected) = start.take() {
                 self.note_gap(expected, first.offset());
             }

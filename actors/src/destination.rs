@@ -41,7 +41,7 @@ fn producer_defaults() -> Vec<(&'static str, String)> {
     vec![
         // Bounds the records buffered for the destination: with the bounded
         // mailbox, this is what keeps memory flat while the destination is away.
-        ("queue.buffering.max.kbytes", "32768".into()),
+        ("queue.buffering.max.kbytes", "16384".into()),
         ("queue.buffering.max.messages", "200000".into()),
         ("linger.ms", "5".into()),
         ("batch.size", "1000000".into()),

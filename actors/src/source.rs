@@ -51,11 +51,11 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Memory the source consumer may hold in prefetched records, divided among
 /// the partitions it subscribes to (see [`prefetch_kbytes`]).
-pub const SOURCE_PREFETCH_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+pub const SOURCE_PREFETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
 /// Bytes of batches a flow holds between its copiers and the destination at
 /// most (or four batches of `batch_max_bytes`, if more).
-pub const BATCH_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+pub const BATCH_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Per-partition prefetch, in KB: the budget shared by `partitions`, between
 /// 256 KB and 4 MB. librdkafka's `queued.max.messages.kbytes` applies per
@@ -65,7 +65,7 @@ pub const BATCH_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// gigabytes, and less than 256 KB makes fetches so small that the brokers'
 /// work per record, not Strait's, sets the pace. See BENCHMARKS.md.
 pub fn prefetch_kbytes(partitions: usize) -> usize {
-    (SOURCE_PREFETCH_BUDGET_BYTES / 1024 / partitions.max(1)).clamp(256, 4096)
+    (SOURCE_PREFETCH_BUDGET_BYTES / 1024 / partitions.max(1)).clamp(128, 2048)
 }
 
 /// Consumer defaults, each overridable through `[clusters.NAME.kafka]`.
@@ -879,11 +879,11 @@ mod prefetch_tests {
     use super::prefetch_kbytes;
 
     #[test]
-    fn prefetch_shares_the_budget_between_256_kb_and_4_mb_per_partition() {
-        assert_eq!(prefetch_kbytes(0), 4096);
-        assert_eq!(prefetch_kbytes(8), 4096);
-        assert_eq!(prefetch_kbytes(100), 2621);
-        assert_eq!(prefetch_kbytes(1000), 262);
-        assert_eq!(prefetch_kbytes(100_000), 256);
+    fn prefetch_shares_the_budget_between_128_kb_and_2_mb_per_partition() {
+        assert_eq!(prefetch_kbytes(0), 2048);
+        assert_eq!(prefetch_kbytes(16), 2048);
+        assert_eq!(prefetch_kbytes(100), 655);
+        assert_eq!(prefetch_kbytes(1000), 128);
+        assert_eq!(prefetch_kbytes(100_000), 128);
     }
 }
