@@ -58,11 +58,11 @@ pub const SOURCE_PREFETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 pub const BATCH_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Per-partition prefetch, in KB: the budget shared by `partitions`, between
-/// 256 KB and 4 MB. librdkafka's `queued.max.messages.kbytes` applies per
+/// 128 KB and 2 MB. librdkafka's `queued.max.messages.kbytes` applies per
 /// partition with split queues (librdkafka #4137), and a partition whose queue
-/// is over it is not fetched. On 8 partitions 4 MB each keeps the copiers fed
-/// (1 MB left them idle 40% of the time); on a thousand, 4 MB each could hold
-/// gigabytes, and less than 256 KB makes fetches so small that the brokers'
+/// is over it is not fetched. On 8 partitions 2 MB each keeps the copiers fed
+/// at several times MirrorMaker 2's rate; on a thousand, megabytes each would
+/// hold gigabytes, while below ~128 KB fetches get so small that the brokers'
 /// work per record, not Strait's, sets the pace. See BENCHMARKS.md.
 pub fn prefetch_kbytes(partitions: usize) -> usize {
     (SOURCE_PREFETCH_BUDGET_BYTES / 1024 / partitions.max(1)).clamp(128, 2048)
