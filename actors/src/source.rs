@@ -32,7 +32,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{client_config, log_client_error, log_client_event};
+use crate::client::{client_config, log_client_error, log_client_event, LoggingContext};
 use crate::copier::{
     BatchBudget, Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQueue, StopCopier,
 };
@@ -379,6 +379,8 @@ pub struct Source {
     flow: Arc<FlowStatus>,
     /// Created at the first subscription, sized to the partitions subscribed.
     consumer: Option<Arc<SourceConsumer>>,
+    /// Stands in for the consumer until then (see [`Source::start`]).
+    probe: Option<BaseConsumer<LoggingContext>>,
     /// Shared by the flow's copiers.
     budget: BatchBudget,
     history: Arc<PartitionHistory>,
@@ -393,20 +395,24 @@ pub struct Source {
 
 impl Source {
     /// Starts the supervisor. The group consumer is created when the flow
-    /// first subscribes (see [`Subscribe`]); its properties are checked here,
-    /// so that bad ones fail the start.
+    /// first subscribes (see [`Subscribe`]). Until then a probe with the same
+    /// properties stands in: creating it fails the start on bad properties,
+    /// and polling it logs what goes wrong reaching the cluster (refused
+    /// connections, failed authentication) while nothing is subscribed yet.
     pub fn start(
         spec: Arc<FlowSpec>,
         flow: Arc<FlowStatus>,
         destination: Addr<Destination>,
         history: Arc<PartitionHistory>,
     ) -> Result<Addr<Self>, ReplicationError> {
-        client_config(
+        let probe = client_config(
             &spec.source,
             &consumer_defaults(&spec, 1),
             &consumer_forced(&spec),
         )
-        .create::<BaseConsumer>()
+        .create_with_context(LoggingContext {
+            cluster: spec.source.alias.clone(),
+        })
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: spec.source.alias.clone(),
             source,
@@ -416,6 +422,7 @@ impl Source {
             spec,
             flow,
             consumer: None,
+            probe: Some(probe),
             budget,
             history,
             destination,
@@ -465,6 +472,7 @@ impl Source {
         )?);
         tracing::info!(flow = %spec.name, partitions, prefetch_kbytes = prefetch_kbytes(partitions), "source consumer created");
         self.consumer = Some(Arc::clone(&consumer));
+        self.probe = None;
         Ok(consumer)
     }
 
@@ -718,6 +726,11 @@ impl Actor for Source {
             act.commit_progress(ctx);
         });
         ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
+            if let Some(probe) = &act.probe {
+                // Serves its error events (logged by its context); it is
+                // assigned nothing, so no record ever comes.
+                let _ = probe.poll(Duration::ZERO);
+            }
             if !act.stopping {
                 act.revive_dead_copiers();
             }
