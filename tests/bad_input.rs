@@ -61,6 +61,22 @@ struct Setup {
     strait: Strait,
 }
 
+impl Setup {
+    /// Waits until partition 0 holds exactly the records produced, in order,
+    /// without the oversized one.
+    fn wait_for_all_but_the_refused_record(&self, what: &str) {
+        let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
+        wait_until(what, WAIT, || {
+            let got = ids(&read_topic(&self.dst, &self.topic, 2), 0);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+}
+
 /// Starts Strait on a fresh topic, copies partition 0's first records and all
 /// of partition 1's, then produces the oversized record and the ones after it.
 fn run_with_policy(policy: &str, delivery: Delivery, extra: &[(&str, String)]) -> Setup {
@@ -166,19 +182,7 @@ fn on_error_fail_stops_only_the_partition_and_names_topic_partition_and_offset()
 #[test]
 fn on_error_skip_copies_everything_but_the_refused_record() {
     let mut s = run_with_policy("skip", Delivery::AtLeastOnce, &[]);
-    let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until(
-        "partition 0 to hold every record but the refused one",
-        WAIT,
-        || {
-            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-            if got == expected {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    );
+    s.wait_for_all_but_the_refused_record("partition 0 to hold every record but the refused one");
     assert!(s
         .strait
         .log()
@@ -196,19 +200,7 @@ fn on_error_dead_letter_writes_the_refused_record_with_its_origin() {
         Delivery::AtLeastOnce,
         &[("dead_letter_topic", toml_str(&dead_letter))],
     );
-    let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until(
-        "partition 0 to hold every record but the refused one",
-        WAIT,
-        || {
-            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-            if got == expected {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    );
+    s.wait_for_all_but_the_refused_record("partition 0 to hold every record but the refused one");
     let dead = wait_until(
         "the dead-letter topic to hold the refused record",
         WAIT,
@@ -253,18 +245,8 @@ fn exactly_once_skip_leaves_out_the_refused_record_and_duplicates_nothing() {
         &[],
         &[("batch.size", "2048")],
     );
-    let expected: Vec<u64> = (0..BEFORE).chain(BEFORE + 1..=BEFORE + AFTER).collect();
-    wait_until(
+    s.wait_for_all_but_the_refused_record(
         "partition 0 (read_committed) to hold every record but the refused one, once",
-        WAIT,
-        || {
-            let got = ids(&read_topic(&s.dst, &s.topic, 2), 0);
-            if got == expected {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
     );
     s.strait.stop();
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::stream_consumer::{MessageStream, StreamPartitionQueue};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -431,23 +431,9 @@ impl Reader {
                 }
                 return Err(self.refused(failure.offset, failure.reason, failure.permanent));
             }
-            let first = match tokio::time::timeout(recheck, stream.next()).await {
-                Err(_idle) => {
-                    recheck = (recheck * 2).min(IDLE_RECHECK);
-                    continue;
-                }
-                Ok(None) => {
-                    return Err(ReplicationError::ActorGone {
-                        actor: "partition queue",
-                    })
-                }
-                Ok(Some(Err(error))) => {
-                    self.consume_error(&error);
-                    continue;
-                }
-                Ok(Some(Ok(message))) => message,
+            let Some(first) = self.next_record(&mut stream, &mut recheck).await? else {
+                continue;
             };
-            recheck = IDLE_RECHECK_MIN;
             let read_at = Instant::now();
             if let Some(expected) = expected.take() {
                 self.note_gap(expected, first.offset());
@@ -486,6 +472,33 @@ impl Reader {
             self.send(batch, alone, read_at, permit).await?;
             if alone {
                 self.wait_until_acknowledged().await;
+            }
+        }
+    }
+
+    /// Waits for the partition's next record, at most `recheck`: `None` when
+    /// none came (the wait doubles, up to [`IDLE_RECHECK`]) or the queue
+    /// reported an error (logged and counted); a record resets the wait.
+    async fn next_record<'a>(
+        &self,
+        stream: &mut MessageStream<'a, SourceContext>,
+        recheck: &mut Duration,
+    ) -> Result<Option<BorrowedMessage<'a>>, ReplicationError> {
+        match tokio::time::timeout(*recheck, stream.next()).await {
+            Err(_idle) => {
+                *recheck = (*recheck * 2).min(IDLE_RECHECK);
+                Ok(None)
+            }
+            Ok(None) => Err(ReplicationError::ActorGone {
+                actor: "partition queue",
+            }),
+            Ok(Some(Err(error))) => {
+                self.consume_error(&error);
+                Ok(None)
+            }
+            Ok(Some(Ok(message))) => {
+                *recheck = IDLE_RECHECK_MIN;
+                Ok(Some(message))
             }
         }
     }
@@ -535,25 +548,12 @@ impl Reader {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let first = match tokio::time::timeout(recheck, stream.next()).await {
-                Err(_idle) => {
-                    recheck = (recheck * 2).min(IDLE_RECHECK);
-                    continue;
-                }
-                Ok(None) => {
-                    return Err(ReplicationError::ActorGone {
-                        actor: "partition queue",
-                    })
-                }
-                Ok(Some(Err(error))) => {
-                    self.consume_error(&error);
-                    continue;
-                }
+            let first = match self.next_record(&mut stream, &mut recheck).await? {
+                None => continue,
                 // Left over from before a seek back: already committed.
-                Ok(Some(Ok(m))) if next.is_some_and(|n| m.offset() < n) => continue,
-                Ok(Some(Ok(m))) => m,
+                Some(m) if next.is_some_and(|n| m.offset() < n) => continue,
+                Some(m) => m,
             };
-            recheck = IDLE_RECHECK_MIN;
             if let Some(expected) = start.take() {
                 self.note_gap(expected, first.offset());
             }

@@ -74,13 +74,11 @@ fn consumer_defaults(spec: &FlowSpec, partitions: usize) -> Vec<(&'static str, S
         .topic_refresh_interval
         .as_millis()
         .clamp(1_000, 300_000);
+    let prefetch_kbytes = prefetch_kbytes(partitions);
     vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        (
-            "queued.max.messages.kbytes",
-            prefetch_kbytes(partitions).to_string(),
-        ),
+        ("queued.max.messages.kbytes", prefetch_kbytes.to_string()),
         // A partition over that bound is looked at again after this long; the
         // default (1 s) left copiers idle once they had drained their queue,
         // capping a partition at 4 MB a second.
@@ -94,9 +92,7 @@ fn consumer_defaults(spec: &FlowSpec, partitions: usize) -> Vec<(&'static str, S
         // overshoot a small per-partition bound by much.
         (
             "max.partition.fetch.bytes",
-            (prefetch_kbytes(partitions) * 1024)
-                .min(1024 * 1024)
-                .to_string(),
+            (prefetch_kbytes * 1024).min(1024 * 1024).to_string(),
         ),
         // Fresh high watermarks for lag.
         ("statistics.interval.ms", "1000".into()),
