@@ -20,6 +20,8 @@ pub struct Batch {
 
 #[derive(Debug)]
 struct Slot {
+    /// Where the record's bytes begin in `data`.
+    start: usize,
     offset: i64,
     timestamp: Option<i64>,
     key: Option<Range<usize>>,
@@ -79,6 +81,7 @@ impl Batch {
 
     /// Copies a source record into the batch.
     pub fn push<M: Message>(&mut self, message: &M) {
+        let start = self.data.len();
         let key = message.key().map(|k| self.append(k));
         let value = message.payload().map(|v| self.append(v));
         let first_header = self.headers.len();
@@ -90,12 +93,56 @@ impl Batch {
             }
         }
         self.records.push(Slot {
+            start,
             offset: message.offset(),
             timestamp: message.timestamp().to_millis(),
             key,
             value,
             headers: first_header..self.headers.len(),
         });
+    }
+
+    /// Copies a record of another batch into this one.
+    pub fn push_view(&mut self, record: &RecordView<'_>) {
+        let start = self.data.len();
+        let key = record.key.map(|k| self.append(k));
+        let value = record.value.map(|v| self.append(v));
+        let first_header = self.headers.len();
+        for (name, value) in record.headers() {
+            let name = self.append(name.as_bytes());
+            let value = value.map(|v| self.append(v));
+            self.headers.push(HeaderSlot { name, value });
+        }
+        self.records.push(Slot {
+            start,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key,
+            value,
+            headers: first_header..self.headers.len(),
+        });
+    }
+
+    /// Moves the records from index `at` on into a new batch.
+    pub fn split_off(&mut self, at: usize) -> Batch {
+        let mut rest = Batch::with_capacity(0, 0);
+        if at >= self.records.len() {
+            return rest;
+        }
+        for record in self.iter().skip(at) {
+            rest.push_view(&record);
+        }
+        let first_moved = &self.records[at];
+        let (data_end, headers_end) = (first_moved.start, first_moved.headers.start);
+        self.records.truncate(at);
+        self.headers.truncate(headers_end);
+        self.data.truncate(data_end);
+        rest
+    }
+
+    /// Index of the first record at or after `offset` (the length if none).
+    pub fn position_of(&self, offset: i64) -> usize {
+        self.records.partition_point(|r| r.offset < offset)
     }
 
     fn append(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -207,6 +254,30 @@ mod tests {
         assert_eq!(recs[2].timestamp, Some(1_700_000_000_010));
 
         let headers: Vec<_> = recs[1].headers().collect();
+        assert_eq!(headers.len(), 3);
+        drop(recs);
+        let mut b = b;
+        assert_eq!(b.position_of(9), 2);
+        let rest = b.split_off(1);
+        assert_eq!((b.len(), rest.len()), (1, 2));
+        assert_eq!(b.next_offset(), Some(8));
+        assert_eq!(
+            b.bytes(),
+            1 + 1 + (1 + 4) + 1 + (5 + 1),
+            "only the first record's key, value and headers are left"
+        );
+        assert_eq!(rest.first_offset(), Some(8));
+        let moved: Vec<_> = rest.iter().collect();
+        assert_eq!(moved[0].value, None, "a tombstone moves as a tombstone");
+        assert_eq!(
+            moved[0].headers().count(),
+            3,
+            "headers move with their record"
+        );
+        assert_eq!(moved[1].key, Some(&b""[..]));
+        let b = rest;
+        let recs: Vec<_> = b.iter().collect();
+        let headers: Vec<_> = recs[0].headers().collect();
         assert_eq!(headers.len(), 3);
         assert_eq!(headers[0].0, "h");
         assert_eq!(headers[0].1, Some(&[0u8, 159, 146, 150][..]));
