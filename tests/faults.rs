@@ -218,16 +218,20 @@ const OUTAGE_PADDING: usize = 2_000;
 const OUTAGE_RATE: u64 = 2_000;
 
 /// The buffers of the outage tests, set small so that the stream overflows
-/// them several times during the outage. With the defaults (a 64 MB queue
-/// per producer, 16 batches of up to 1 MB in the mailbox, 4 MB of prefetch
-/// per partition) an outage would have to bring several hundred MB before an
-/// unbounded buffer could be told from a full bounded one.
+/// them several times during the outage. With the defaults (a 16 MB queue
+/// per producer, 32 MB of read-ahead) an outage would have to bring a few
+/// hundred MB before an unbounded buffer could be told from a full bounded one.
+///
+/// The source's `max.poll.interval.ms` is set to its smallest (the session
+/// timeout): a reading thread that stopped polling for the outage would be
+/// put out of the group, and its partitions revoked.
 fn small_buffers(config: Config) -> Config {
     config
         // Each destination producer's queue: 4 MB.
         .kafka("destination", "queue.buffering.max.kbytes", "4096")
-        // The consumer's prefetch: 1 MB per partition (split queues).
+        // The consumer's read-ahead: 1 MB for all partitions.
         .kafka("source", "queued.max.messages.kbytes", "1024")
+        .kafka("source", "max.poll.interval.ms", "10000")
         // The destination mailbox: 4 batches of at most 1 MB.
         .flow_key("mailbox_capacity", "4")
         .flow_key("batch_max_bytes", "1048576")
@@ -238,19 +242,19 @@ fn small_buffers(config: Config) -> Config {
 ///
 /// Record bytes Strait can hold: the producer queues (at-least-once: one
 /// producer, 4 MB; exactly-once: one transactional producer per partition,
-/// 4 x 4 MB = 16 MB) + the mailbox (4 batches x 1 MB = 4 MB) + the batches
-/// being built (one per copier, 4 x 1 MB) + the prefetch (4 partitions x
-/// 1 MB) + fetch responses in flight (max.partition.fetch.bytes 1 MB x 4):
-/// 20 MB at-least-once, 32 MB exactly-once. Doubled for per-record
-/// bookkeeping (librdkafka's message structs, the batches' offsets and
-/// headers) and allocator slack, plus 16 MB for whatever else an outage
-/// grows (thread arenas, retry and reconnect buffers): 56 MB and 80 MB. An
+/// 4 x 4 MB = 16 MB) + the flow's batch budget (16 MB: batches being filled,
+/// waiting for their copier, and in the mailbox; `BATCH_BUDGET_BYTES`) + the
+/// read-ahead (1 MB) + fetch responses in flight (max.partition.fetch.bytes
+/// 1 MB x 4): 25 MB at-least-once, 37 MB exactly-once. Doubled for
+/// per-record bookkeeping (librdkafka's message structs, the batches' offsets
+/// and headers) and allocator slack, plus 16 MB for whatever else an outage
+/// grows (thread arenas, retry and reconnect buffers): 66 MB and 90 MB. An
 /// unbounded buffer would instead grow with the ~120 MB the stream brings
 /// during the outage.
 fn outage_rss_bound_mb(delivery: Delivery) -> f64 {
     let held_mb = match delivery {
-        Delivery::AtLeastOnce => 4.0 + 4.0 + 4.0 + 4.0 + 4.0,
-        Delivery::ExactlyOnce => 16.0 + 4.0 + 4.0 + 4.0 + 4.0,
+        Delivery::AtLeastOnce => 4.0 + 16.0 + 1.0 + 4.0,
+        Delivery::ExactlyOnce => 16.0 + 16.0 + 1.0 + 4.0,
     };
     2.0 * held_mb + 16.0
 }
@@ -292,6 +296,16 @@ fn destination_outage(delivery: Delivery) {
         &format!("destination outage ({delivery:?})"),
         &samples,
         outage_rss_bound_mb(delivery),
+    );
+    // Held back by the outage, the reading thread paused the partitions but
+    // went on polling, so the group kept its member (see `small_buffers`).
+    let revoked = strait
+        .metric("strait_rebalances_total", &[("kind", "revoke")])
+        .unwrap_or_else(|e| strait.fail(&format!("reading /metrics: {e}")));
+    assert!(
+        revoked.unwrap_or(0.0) == 0.0,
+        "destination outage ({delivery:?}): the source consumer lost its partitions \
+         ({revoked:?} revocations): it stopped polling for longer than max.poll.interval.ms"
     );
 
     // The stream goes on a little after the destination is back, then ends.

@@ -1,9 +1,9 @@
 //! A copier: one per assigned source partition.
 //!
-//! It reads its partition's own queue (split off the group consumer), packs
-//! records into batches and sends each to the destination actor, awaiting the
-//! answer before reading on: that awaited send is what turns a slow
-//! destination into a slow source.
+//! It takes its partition's batches from its inbox (filled by the source's
+//! reading thread, see [`crate::dispatcher`]) and sends each to the
+//! destination actor, awaiting the answer before taking the next: that
+//! awaited send is what turns a slow destination into a slow source.
 //!
 //! A copier that fails, by error or by panic, is restarted by its actix
 //! `Supervisor`: the reading loop runs under `catch_unwind`, so a panic becomes
@@ -15,81 +15,26 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::stream_consumer::{MessageStream, StreamPartitionQueue};
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::Offset;
+use futures::FutureExt;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, RecordView};
 use crate::destination::{self, Destination, WriteBatch};
+use crate::dispatcher::{Held, Inbox, Parcel};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
 use crate::offset_store::{self, StoredOffset};
 use crate::progress::Timing;
-use crate::source::{SourceConsumer, SourceContext};
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
 use crate::transactional::{CommitError, TransactionalWriter};
 
-/// How long a copier waits on an empty queue before looking again: from
-/// `IDLE_RECHECK_MIN` after a record, doubling up to `IDLE_RECHECK` while
-/// nothing comes. librdkafka can miss a wake-up on split queues
-/// (rust-rdkafka #665); this bounds the stall, closely while records flow
-/// (at 25 records/s per partition a fixed 200 ms made p99 latency 82 ms)
-/// and cheaply while a partition is idle.
-const IDLE_RECHECK: Duration = Duration::from_millis(200);
-const IDLE_RECHECK_MIN: Duration = Duration::from_millis(10);
-
-/// Bytes of batches a flow may hold between its copiers and the destination:
-/// each copier awaits one send at a time, so without it a thousand copiers
-/// could each hold a full batch (`batch_max_bytes`) while the destination
-/// works through them. One permit is one KB.
-#[derive(Clone, Debug)]
-pub struct BatchBudget {
-    permits: Arc<tokio::sync::Semaphore>,
-    kbytes: u32,
-}
-
-impl BatchBudget {
-    /// A budget of `bytes` (at least 1 MB).
-    pub fn new(bytes: usize) -> Self {
-        let kbytes = u32::try_from((bytes / 1024).max(1024)).unwrap_or(u32::MAX);
-        Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(kbytes as usize)),
-            kbytes,
-        }
-    }
-
-    /// Waits for room for a batch of up to `bytes`; answers with the room
-    /// taken, in bytes, which may be less than asked (never more than a
-    /// quarter of the budget, so that several partitions make progress).
-    async fn reserve(
-        &self,
-        bytes: usize,
-    ) -> Result<(tokio::sync::OwnedSemaphorePermit, usize), ReplicationError> {
-        let kbytes = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, (self.kbytes / 4).max(1));
-        let permit = Arc::clone(&self.permits)
-            .acquire_many_owned(kbytes)
-            .await
-            // Only a closed semaphore fails, and this one is never closed.
-            .map_err(|_| ReplicationError::ActorGone {
-                actor: "batch budget",
-            })?;
-        Ok((permit, kbytes as usize * 1024))
-    }
-}
-
-/// A partition queue split off the source's group consumer.
-pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
+/// How often a copier with nothing to copy checks whether it should stop.
+const IDLE_RECHECK: Duration = Duration::from_millis(100);
 
 /// A failure to inject at one offset, a limited number of times (tests only).
 #[derive(Clone, Debug)]
@@ -120,15 +65,14 @@ pub struct Copier {
     topic: Arc<str>,
     partition: i32,
     destination_topic: Arc<str>,
-    queue: Arc<PartitionQueue>,
-    consumer: Arc<SourceConsumer>,
+    /// Held by the reading loop while it runs.
+    inbox: Arc<tokio::sync::Mutex<Inbox>>,
     destination: Addr<Destination>,
     status: Arc<PartitionStatus>,
     tuning: Tuning,
     on_error: OnError,
     exactly_once: Option<ExactlyOnce>,
     injected_panic: Option<InjectedPanic>,
-    budget: BatchBudget,
     /// Set to ask the reading loop to finish its current batch and stop.
     stop: Arc<AtomicBool>,
     /// True while the reading loop runs.
@@ -138,7 +82,12 @@ pub struct Copier {
     /// After a batch was refused as too large: send records before this
     /// offset one at a time.
     isolate_until: Option<i64>,
-    acked_at_last_failure: u64,
+    /// The offset after the last record the reading loop took.
+    read_to: Arc<AtomicI64>,
+    /// Where reading had got to at the last failure: a streak of failures
+    /// ends only once everything read before it is acknowledged (records
+    /// that were in flight and are sent again after a restart do not count).
+    read_to_at_last_failure: i64,
 }
 
 /// What a copier is given when started.
@@ -151,10 +100,8 @@ pub struct CopierParts {
     pub partition: i32,
     /// Destination topic.
     pub destination_topic: Arc<str>,
-    /// The partition's own queue.
-    pub queue: PartitionQueue,
-    /// The group consumer, for seeking.
-    pub consumer: Arc<SourceConsumer>,
+    /// Where the partition's batches arrive.
+    pub inbox: Inbox,
     /// Where batches go.
     pub destination: Addr<Destination>,
     /// The partition's status and progress.
@@ -167,8 +114,6 @@ pub struct CopierParts {
     pub exactly_once: Option<ExactlyOnce>,
     /// Test-only failure injection.
     pub injected_panic: Option<InjectedPanic>,
-    /// The flow's room for batches on their way to the destination.
-    pub budget: BatchBudget,
 }
 
 impl Copier {
@@ -179,20 +124,19 @@ impl Copier {
             topic: parts.topic,
             partition: parts.partition,
             destination_topic: parts.destination_topic,
-            queue: Arc::new(parts.queue),
-            consumer: parts.consumer,
+            inbox: Arc::new(tokio::sync::Mutex::new(parts.inbox)),
             destination: parts.destination,
             status: parts.status,
             tuning: parts.tuning,
             on_error: parts.on_error,
             exactly_once: parts.exactly_once,
             injected_panic: parts.injected_panic,
-            budget: parts.budget,
             stop: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
             failures_in_row: 0,
             isolate_until: None,
-            acked_at_last_failure: 0,
+            read_to: Arc::new(AtomicI64::new(-1)),
+            read_to_at_last_failure: i64::MIN,
         };
         Supervisor::start(|_| copier)
     }
@@ -215,26 +159,26 @@ impl Copier {
             topic: Arc::clone(&self.topic),
             partition: self.partition,
             destination_topic: Arc::clone(&self.destination_topic),
-            queue: Arc::clone(&self.queue),
-            consumer: Arc::clone(&self.consumer),
             destination: self.destination.clone(),
             status: Arc::clone(&self.status),
             tuning: self.tuning.clone(),
             on_error: self.on_error.clone(),
             injected_panic: self.injected_panic.clone(),
-            budget: self.budget.clone(),
             stop: Arc::clone(&self.stop),
             isolate_until: self.isolate_until,
+            read_to: Arc::clone(&self.read_to),
         };
         let exactly_once = self.exactly_once.clone();
+        let inbox = Arc::clone(&self.inbox);
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
         self.running.store(true, Ordering::SeqCst);
         self.status.set_state(PartitionState::Copying);
         let run = async move {
+            let mut inbox = inbox.lock_owned().await;
             match exactly_once {
-                None => reader.run().await,
-                Some(eos) => reader.run_exactly_once(eos).await,
+                None => reader.run(&mut inbox).await,
+                Some(eos) => reader.run_exactly_once(eos, &mut inbox).await,
             }
         };
         let guarded = AssertUnwindSafe(run).catch_unwind().map(move |result| {
@@ -263,12 +207,12 @@ impl Copier {
             ctx.stop();
             return;
         }
-        let acked = self.status.progress.acked_records();
-        if acked > self.acked_at_last_failure {
-            // It made progress since the last failure: this is a new streak.
+        let acknowledged = self.status.progress.committable().unwrap_or(-1);
+        if acknowledged > self.read_to_at_last_failure {
+            // It got past the last failure: this is a new streak.
             self.failures_in_row = 0;
         }
-        self.acked_at_last_failure = acked;
+        self.read_to_at_last_failure = self.read_to.load(Ordering::SeqCst);
         self.failures_in_row += 1;
         self.status.record_failure(error.to_string());
         if let Some(m) = self.status.progress.metrics() {
@@ -288,6 +232,10 @@ impl Copier {
                 "partition stopped: it will not be copied until Strait restarts or it is reassigned"
             );
             self.status.set_state(PartitionState::Failed);
+            // What was read for it would only sit in the flow's budget.
+            if let Ok(mut inbox) = self.inbox.try_lock() {
+                inbox.close();
+            }
             return;
         }
         tracing::error!(
@@ -303,27 +251,19 @@ impl Copier {
         ctx.stop();
     }
 
-    /// Moves the consumer back to the first unacknowledged offset.
+    /// Has the partition read again from the first unacknowledged offset.
     fn rewind(&self) {
         self.status.progress.reset();
         let Some(offset) = self.status.progress.committable() else {
-            // Nothing was read yet, so nothing can have been skipped.
+            // Nothing was taken from the inbox yet, so nothing can be skipped.
             return;
         };
-        if let Err(error) = self.consumer.seek(
-            &self.topic,
-            self.partition,
-            Offset::Offset(offset),
-            Duration::ZERO,
-        ) {
-            tracing::warn!(
-                flow = %self.flow,
-                topic = %self.topic,
-                partition = self.partition,
-                offset,
-                error = %error,
-                "could not seek back to the last acknowledged offset"
-            );
+        match self.inbox.try_lock() {
+            Ok(mut inbox) => inbox.rewind(Some(offset)),
+            // The reading loop ended before the restart, so this never waits.
+            Err(_) => {
+                tracing::error!(flow = %self.flow, topic = %self.topic, partition = self.partition, "the previous reading loop still holds the inbox; not rewinding")
+            }
         }
     }
 }
@@ -391,30 +331,25 @@ struct Reader {
     topic: Arc<str>,
     partition: i32,
     destination_topic: Arc<str>,
-    queue: Arc<PartitionQueue>,
-    consumer: Arc<SourceConsumer>,
     destination: Addr<Destination>,
     status: Arc<PartitionStatus>,
     tuning: Tuning,
     on_error: OnError,
     injected_panic: Option<InjectedPanic>,
-    budget: BatchBudget,
     stop: Arc<AtomicBool>,
     /// Records before this offset are sent one at a time.
     isolate_until: Option<i64>,
+    /// The offset after the last record taken (see `Copier::read_to`).
+    read_to: Arc<AtomicI64>,
 }
 
 impl Reader {
-    async fn run(self) -> Result<(), ReplicationError> {
-        let mut stream = self.queue.stream();
+    async fn run(self, inbox: &mut Inbox) -> Result<(), ReplicationError> {
         // Where reading has got to: the end of what a too-large batch held.
         let mut read_up_to = 0;
         // Where the first record should be: anything before what arrives
         // first is gone from the source, and that must not pass unnoticed.
         let mut expected = self.status.progress.committable();
-        // Records and bytes of the previous batch.
-        let mut last_size = (16, 16 * 1024);
-        let mut recheck = IDLE_RECHECK_MIN;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -431,76 +366,82 @@ impl Reader {
                 }
                 return Err(self.refused(failure.offset, failure.reason, failure.permanent));
             }
-            let Some(first) = self.next_record(&mut stream, &mut recheck).await? else {
+            let Some(Parcel {
+                mut batch,
+                held,
+                read_at,
+            }) = self.next_parcel(inbox).await?
+            else {
                 continue;
             };
-            let read_at = Instant::now();
+            let Some(first) = batch.first_offset() else {
+                continue;
+            };
             if let Some(expected) = expected.take() {
-                self.note_gap(expected, first.offset());
-            }
-            // After a batch was refused as too large, its records go one by
-            // one, each alone in flight, so a refusal names the record.
-            let alone = self.isolate_until.is_some_and(|end| first.offset() < end);
-            let (mut permit, room) = self.budget.reserve(self.tuning.batch_max_bytes).await?;
-            let max_bytes = self.tuning.batch_max_bytes.min(room);
-            // Sized like the previous batch: a thousand mostly idle partitions
-            // must not each hold a buffer sized for a busy one.
-            let mut batch = Batch::with_capacity(
-                last_size.0.min(self.tuning.batch_max_records),
-                last_size.1.min(max_bytes),
-            );
-            batch.push(&first);
-            drop(first);
-            while !alone && batch.len() < self.tuning.batch_max_records && batch.bytes() < max_bytes
-            {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(&message),
-                    Some(Some(Err(error))) => {
-                        self.consume_error(&error);
-                        break;
-                    }
-                    _ => break,
-                }
+                self.note_gap(expected, first);
             }
             self.inject_panic(&batch);
-            // Keep only the room the batch takes (its first record may have
-            // been larger than the room, which is then all it gets).
-            let used = batch.bytes().div_ceil(1024).max(1);
-            drop(permit.split(permit.num_permits().saturating_sub(used)));
-            last_size = (batch.len(), batch.bytes());
             read_up_to = batch.next_offset().unwrap_or(read_up_to).max(read_up_to);
-            self.send(batch, alone, read_at, permit).await?;
-            if alone {
-                self.wait_until_acknowledged().await;
+            // After a batch was refused as too large, its records go one by
+            // one, each alone in flight, so a refusal names the record.
+            if let Some(end) = self.isolate_until.filter(|end| first < *end) {
+                let alone = batch.position_of(end);
+                let rest = batch.split_off(alone);
+                if !self.send_one_by_one(batch, read_at).await? {
+                    continue;
+                }
+                batch = rest;
+            }
+            if !batch.is_empty() {
+                self.send(batch, false, read_at, Some(held)).await?;
             }
         }
     }
 
-    /// Waits for the partition's next record, at most `recheck`: `None` when
-    /// none came (the wait doubles, up to [`IDLE_RECHECK`]) or the queue
-    /// reported an error (logged and counted); a record resets the wait.
-    async fn next_record<'a>(
-        &self,
-        stream: &mut MessageStream<'a, SourceContext>,
-        recheck: &mut Duration,
-    ) -> Result<Option<BorrowedMessage<'a>>, ReplicationError> {
-        match tokio::time::timeout(*recheck, stream.next()).await {
-            Err(_idle) => {
-                *recheck = (*recheck * 2).min(IDLE_RECHECK);
-                Ok(None)
-            }
+    /// The next batch from the inbox, or `None` after [`IDLE_RECHECK`]
+    /// without one (so that a stop request is seen).
+    async fn next_parcel(&self, inbox: &mut Inbox) -> Result<Option<Parcel>, ReplicationError> {
+        match tokio::time::timeout(IDLE_RECHECK, inbox.recv()).await {
+            Err(_idle) => Ok(None),
             Ok(None) => Err(ReplicationError::ActorGone {
-                actor: "partition queue",
+                actor: "source reading thread",
             }),
-            Ok(Some(Err(error))) => {
-                self.consume_error(&error);
-                Ok(None)
-            }
-            Ok(Some(Ok(message))) => {
-                *recheck = IDLE_RECHECK_MIN;
-                Ok(Some(message))
+            Ok(Some(parcel)) => {
+                self.taken(&parcel);
+                Ok(Some(parcel))
             }
         }
+    }
+
+    /// Notes a batch taken from the inbox.
+    fn taken(&self, parcel: &Parcel) {
+        if let Some(first) = parcel.batch.first_offset() {
+            // A restart before the first acknowledgement must come back to
+            // this batch: it is no longer in the inbox.
+            self.status.progress.set_start(first);
+        }
+        if let Some(next) = parcel.batch.next_offset() {
+            self.read_to.fetch_max(next, Ordering::SeqCst);
+        }
+    }
+
+    /// Sends each record of `batch` alone, waiting for its acknowledgement
+    /// before the next. False when one failed (the loop then reports it).
+    async fn send_one_by_one(
+        &self,
+        mut batch: Batch,
+        read_at: Instant,
+    ) -> Result<bool, ReplicationError> {
+        while !batch.is_empty() {
+            let rest = batch.split_off(1);
+            self.send(batch, true, read_at, None).await?;
+            self.wait_until_acknowledged().await;
+            if self.status.progress.failure().is_some() || self.stop.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            batch = rest;
+        }
+        Ok(true)
     }
 
     /// Waits until nothing of this partition is in flight, or a write failed.
@@ -517,7 +458,11 @@ impl Reader {
     /// transaction per run of records (at most `transaction_max_records`, open
     /// at most `transaction_interval`). Reading resumes where the offset map
     /// says, after `init_transactions` has fenced any older owner.
-    async fn run_exactly_once(self, eos: ExactlyOnce) -> Result<(), ReplicationError> {
+    async fn run_exactly_once(
+        self,
+        eos: ExactlyOnce,
+        inbox: &mut Inbox,
+    ) -> Result<(), ReplicationError> {
         let transactional_id = format!("{}.{}.{}", eos.group_id, self.topic, self.partition);
         let writer = TransactionalWriter::open(&eos.destination, transactional_id).await?;
         let (cluster, group) = (eos.destination.clone(), eos.group_id.clone());
@@ -532,7 +477,7 @@ impl Reader {
         match next {
             Some(offset) => {
                 self.status.progress.resume_at(offset);
-                self.seek(offset);
+                inbox.rewind(Some(offset));
             }
             None => next = self.status.progress.committable(),
         }
@@ -542,60 +487,81 @@ impl Reader {
         // Offsets to pass over (skip) or redirect (dead letter) after the
         // destination refused them for good and the transaction was aborted.
         let mut refused: BTreeMap<i64, String> = BTreeMap::new();
-        let mut stream = self.queue.stream();
-        let mut recheck = IDLE_RECHECK_MIN;
+        // What a transaction full at `transaction_max_records` left of a batch.
+        let mut carried: Option<Parcel> = None;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let first = match self.next_record(&mut stream, &mut recheck).await? {
-                None => continue,
-                // Left over from before a seek back: already committed.
-                Some(m) if next.is_some_and(|n| m.offset() < n) => continue,
-                Some(m) => m,
+            let parcel = match carried.take() {
+                Some(parcel) => parcel,
+                None => match self.next_parcel(inbox).await? {
+                    Some(parcel) => parcel,
+                    None => continue,
+                },
+            };
+            // Records left over from before a rewind are already committed.
+            let Some(mut parcel) = skip_before(parcel, next) else {
+                continue;
+            };
+            let Some(first_offset) = parcel.batch.first_offset() else {
+                continue;
             };
             if let Some(expected) = start.take() {
-                self.note_gap(expected, first.offset());
+                self.note_gap(expected, first_offset);
             }
             writer.begin()?;
             let timing = Timing {
-                read_at: Instant::now(),
-                first_timestamp: first.timestamp().to_millis(),
+                read_at: parcel.read_at,
+                first_timestamp: parcel.batch.first_timestamp(),
             };
             let deadline = Instant::now() + self.tuning.transaction_interval;
-            let (first_offset, mut last_offset, mut last_timestamp) = (
-                first.offset(),
-                first.offset(),
-                first.timestamp().to_millis(),
-            );
+            let (mut last_offset, mut last_timestamp) = (first_offset, None);
             let (mut records, mut bytes) = (0usize, 0usize);
-            let mut pending = Some(first);
-            while let Some(m) = pending.take() {
-                if next.is_none_or(|n| m.offset() >= n) && m.offset() >= last_offset {
-                    self.inject_panic_at(m.offset());
-                    self.write_exactly_once(&writer, &m, &refused, &eos).await?;
-                    records += 1;
-                    bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
-                    last_offset = m.offset();
-                    last_timestamp = m.timestamp().to_millis().or(last_timestamp);
+            loop {
+                let room = self.tuning.transaction_max_records.max(1) - records;
+                if parcel.batch.len() > room {
+                    let rest = parcel.batch.split_off(room);
+                    let held = parcel.held.split(rest.bytes());
+                    carried = Some(Parcel {
+                        batch: rest,
+                        held,
+                        read_at: parcel.read_at,
+                    });
                 }
-                if records >= self.tuning.transaction_max_records
+                for record in parcel.batch.iter() {
+                    self.inject_panic_at(record.offset);
+                    self.write_exactly_once(&writer, &record, &refused, &eos)
+                        .await?;
+                    records += 1;
+                    bytes +=
+                        record.value.map_or(0, <[u8]>::len) + record.key.map_or(0, <[u8]>::len);
+                    last_offset = record.offset;
+                    last_timestamp = record.timestamp.or(last_timestamp);
+                }
+                // Its records are in the producer's queue now.
+                drop(parcel);
+                if carried.is_some()
+                    || records >= self.tuning.transaction_max_records
                     || self.stop.load(Ordering::SeqCst)
                 {
                     break;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
-                pending = match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => Some(m),
-                    _ if left.is_zero() => None,
-                    _ => match tokio::time::timeout(left, stream.next()).await {
-                        Ok(Some(Ok(m))) => Some(m),
-                        Ok(Some(Err(error))) => {
-                            self.consume_error(&error);
-                            None
-                        }
-                        _ => None,
-                    },
+                if left.is_zero() {
+                    break;
+                }
+                parcel = match tokio::time::timeout(left, inbox.recv()).await {
+                    Ok(Some(parcel)) => {
+                        self.taken(&parcel);
+                        parcel
+                    }
+                    Ok(None) => {
+                        return Err(ReplicationError::ActorGone {
+                            actor: "source reading thread",
+                        })
+                    }
+                    Err(_deadline) => break,
                 };
             }
             let stored = StoredOffset {
@@ -647,7 +613,8 @@ impl Reader {
                     }
                     let back = next.unwrap_or(first_offset);
                     tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, reason, resume_at = back, "transaction aborted; copying again from the last committed offset");
-                    self.seek(back);
+                    carried = None;
+                    inbox.rewind(Some(back));
                     next = Some(back);
                 }
                 Err(CommitError::Fenced(reason)) => {
@@ -672,18 +639,18 @@ impl Reader {
     async fn write_exactly_once(
         &self,
         writer: &TransactionalWriter,
-        m: &BorrowedMessage<'_>,
+        m: &RecordView<'_>,
         refused: &BTreeMap<i64, String>,
         eos: &ExactlyOnce,
     ) -> Result<(), ReplicationError> {
-        let sent = match (refused.get(&m.offset()), &self.on_error) {
+        let sent = match (refused.get(&m.offset), &self.on_error) {
             (None, _) | (Some(_), OnError::Fail) => {
                 writer
                     .send(&self.destination_topic, Some(self.partition), m, &[])
                     .await
             }
             (Some(reason), OnError::Skip) => {
-                tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset = m.offset(), error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
+                tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset = m.offset, error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
                 metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string(), labels::REASON => "refused").increment(1);
                 Ok(())
             }
@@ -692,7 +659,7 @@ impl Reader {
                     ("strait.source.cluster", eos.source_cluster.clone()),
                     ("strait.source.topic", self.topic.to_string()),
                     ("strait.source.partition", self.partition.to_string()),
-                    ("strait.source.offset", m.offset().to_string()),
+                    ("strait.source.offset", m.offset.to_string()),
                     ("strait.error", reason.clone()),
                 ];
                 metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string()).increment(1);
@@ -701,24 +668,11 @@ impl Reader {
         };
         sent.map_err(|error| {
             self.refused(
-                m.offset(),
+                m.offset,
                 error.to_string(),
                 destination::is_permanent(&error),
             )
         })
-    }
-
-    /// Moves the partition to `offset`; records read before it are dropped
-    /// by librdkafka (and by the offset checks of the reading loops).
-    fn seek(&self, offset: i64) {
-        if let Err(error) = self.consumer.seek(
-            &self.topic,
-            self.partition,
-            Offset::Offset(offset),
-            Duration::ZERO,
-        ) {
-            tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset, error = %error, "could not seek");
-        }
     }
 
     async fn send(
@@ -726,7 +680,7 @@ impl Reader {
         batch: Batch,
         alone: bool,
         read_at: Instant,
-        budget: tokio::sync::OwnedSemaphorePermit,
+        held: Option<Held>,
     ) -> Result<(), ReplicationError> {
         let (Some(first), Some(next)) = (batch.first_offset(), batch.next_offset()) else {
             return Ok(());
@@ -750,7 +704,7 @@ impl Reader {
                 partition: self.partition,
                 ack,
                 alone,
-                budget: Some(budget),
+                budget: held,
             })
             .await
             .map_err(|_| ReplicationError::ActorGone {
@@ -804,19 +758,6 @@ impl Reader {
         }
     }
 
-    fn consume_error(&self, error: &KafkaError) {
-        tracing::warn!(
-            flow = %self.flow,
-            topic = %self.topic,
-            partition = self.partition,
-            error = %error,
-            "error reading the source partition; the consumer retries"
-        );
-        if let Some(m) = self.status.progress.metrics() {
-            m.consume_error(names::error_kind(error));
-        }
-    }
-
     fn inject_panic(&self, batch: &Batch) {
         if let Some(fault) = &self.injected_panic {
             if batch.contains_offset(fault.offset) {
@@ -850,26 +791,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn batch_budget_caps_a_reservation_and_makes_the_next_wait_until_room_is_given_back() {
-        let budget = BatchBudget::new(4 * 1024 * 1024);
-        let (first, room) = budget.reserve(8 * 1024 * 1024).await.expect("open");
-        assert_eq!(room, 1024 * 1024, "at most a quarter of the budget");
-        let mut held = vec![first];
-        for _ in 0..3 {
-            held.push(budget.reserve(1024 * 1024).await.expect("open").0);
+/// The parcel without its records before `next`; `None` if nothing is left.
+fn skip_before(mut parcel: Parcel, next: Option<i64>) -> Option<Parcel> {
+    if let Some(next) = next {
+        let stale = parcel.batch.position_of(next);
+        if stale > 0 {
+            parcel.batch = parcel.batch.split_off(stale);
         }
-        let blocked = tokio::time::timeout(Duration::from_millis(50), budget.reserve(1)).await;
-        assert!(blocked.is_err(), "a full budget makes the next copier wait");
-        held.pop();
-        let (_, room) = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1))
-            .await
-            .expect("room given back")
-            .expect("open");
-        assert_eq!(room, 1024, "a reservation is counted in whole KB");
     }
+    (!parcel.batch.is_empty()).then_some(parcel)
 }

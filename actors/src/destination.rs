@@ -334,10 +334,10 @@ pub struct WriteBatch {
     pub ack: Arc<BatchAck>,
     /// A single record sent with nothing else of its partition in flight.
     pub alone: bool,
-    /// The batch's share of the flow's budget for batches on their way here
-    /// (see [`crate::copier::BatchBudget`]); given back when the batch is
+    /// The batch's share of the flow's budget for records on their way here
+    /// (see [`crate::dispatcher::BatchBudget`]); given back when the batch is
     /// dropped, once its records are in the producer's queue.
-    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub budget: Option<crate::dispatcher::Held>,
 }
 
 impl Handler<WriteBatch> for Destination {
@@ -423,7 +423,7 @@ async fn write_batch(
     Ok(())
 }
 
-fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
+pub(crate) fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
     (record.header_count() > 0).then(|| {
         record.headers().fold(
             OwnedHeaders::new_with_capacity(record.header_count()),

@@ -491,26 +491,16 @@ impl FlowSupervisor {
         }
         self.subscribe_deferred_since = None;
         let topics = self.ready.clone();
-        // Every topic found, not only those ready: the first subscription
-        // sizes the consumer for all of them (see `source::prefetch_kbytes`).
-        let partitions = self
-            .known
-            .values()
-            .map(|t| t.partitions.max(0) as usize)
-            .sum();
         let name = self.spec.name.clone();
-        ctx.spawn(
-            self.source
-                .send(Subscribe { topics, partitions })
-                .into_actor(self)
-                .map(move |result, _, _| match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::error!(flow = name, error = %error, "subscription failed")
-                    }
-                    Err(_) => tracing::error!(flow = name, "the source supervisor is gone"),
-                }),
-        );
+        ctx.spawn(self.source.send(Subscribe { topics }).into_actor(self).map(
+            move |result, _, _| match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(flow = name, error = %error, "subscription failed")
+                }
+                Err(_) => tracing::error!(flow = name, "the source supervisor is gone"),
+            },
+        ));
     }
 
     fn apply(&mut self, event: TopicEvent, ctx: &mut Context<Self>) {

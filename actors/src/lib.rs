@@ -3,13 +3,14 @@
 //! # Layout
 //! Records move through these files in this order:
 //!
-//! - [`source`]: the source cluster's supervisor. Owns the consumer-group member
-//!   and its admin client, splits each assigned partition into its own queue,
+//! - [`source`]: the source cluster's supervisor. Owns the consumer-group member,
 //!   starts and stops one copier per partition on rebalances, commits progress.
+//!   Its reading thread ([`dispatcher`]) polls the consumer and hands each
+//!   partition's records, in batches, to that partition's copier.
 //! - [`discovery`]: polls the source's metadata and emits [`discovery::TopicEvent`]s
 //!   (added, partitions increased, config changed, removed).
-//! - [`copier`]: one per assigned partition. Reads its partition queue, packs
-//!   records into batches and sends them to the destination, one at a time.
+//! - [`copier`]: one per assigned partition. Takes its partition's batches and
+//!   sends them to the destination, one at a time.
 //! - [`destination`]: the destination cluster's supervisor. Owns the producer and
 //!   writes batches through a bounded mailbox; [`topic_admin`] creates and grows
 //!   destination topics beside it.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod copier;
 pub mod destination;
 pub mod discovery;
+pub mod dispatcher;
 pub mod error;
 pub mod flow;
 pub mod metrics;

@@ -271,7 +271,8 @@ pub const PRODUCE_ERRORS: &str = "strait_produce_errors_total";
 pub const RECORDS_UNAVAILABLE: &str = "strait_source_records_unavailable_total";
 
 /// Counter, errors: errors reading the source (consumer errors).
-/// Labels: `flow`, `topic`, `kind`.
+/// Labels: `flow`, `topic` (empty: librdkafka does not say which partition a
+/// consumer error is about), `kind`.
 pub const CONSUME_ERRORS: &str = "strait_consume_errors_total";
 
 // --- clusters ------------------------------------------------------------
@@ -508,14 +509,6 @@ impl PartitionMetrics {
     /// [`error_kind`].
     pub fn produce_error(&self, kind: &'static str) {
         metrics::counter!(PRODUCE_ERRORS,
-            labels::FLOW => self.flow.clone(), labels::TOPIC => self.topic.clone(),
-            labels::KIND => kind)
-        .increment(1);
-    }
-
-    /// Reading the source partition failed; `kind` from [`error_kind`].
-    pub fn consume_error(&self, kind: &'static str) {
-        metrics::counter!(CONSUME_ERRORS,
             labels::FLOW => self.flow.clone(), labels::TOPIC => self.topic.clone(),
             labels::KIND => kind)
         .increment(1);

@@ -1,15 +1,15 @@
 //! The source cluster's supervisor: one consumer-group member per flow.
 //!
 //! It owns the group consumer and starts one [`Copier`] per assigned
-//! partition, each on that partition's own queue. Because the partitions are
-//! those of a consumer group, several Strait instances with the same group id
-//! divide them between themselves.
+//! partition. Because the partitions are those of a consumer group, several
+//! Strait instances with the same group id divide them between themselves.
 //!
-//! librdkafka runs rebalance callbacks on whichever thread polls the main
-//! queue. That is a dedicated thread here (the *driver*), never the actix
-//! arbiter: an assignment is split into queues there and handed to this actor;
-//! a revocation waits there until the copiers have stopped and their progress
-//! is committed, without ever blocking the arbiter the copiers run on.
+//! The consumer is polled by a thread of its own (see [`crate::dispatcher`]),
+//! which hands each partition's records to its copier. librdkafka runs
+//! rebalance callbacks on that thread, never on the actix arbiter: an
+//! assignment gets its routes there and is handed to this actor; a revocation
+//! waits there until the copiers have stopped and their progress is
+//! committed, without ever blocking the arbiter the copiers run on.
 //!
 //! Progress is committed to the group every `commit_interval`, per partition,
 //! only up to the acknowledged prefix (see [`crate::progress`]), synchronously
@@ -17,83 +17,71 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{client_config, log_client_error, log_client_event, LoggingContext};
-use crate::copier::{
-    BatchBudget, Copier, CopierParts, ExactlyOnce, InjectedPanic, PartitionQueue, StopCopier,
-};
+use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, StopCopier};
 use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
+use crate::dispatcher::{self, BatchBudget, Command, Inbox, Routed, Routes};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels, PartitionMetrics};
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
 
 /// The group consumer of a flow's source cluster.
-pub type SourceConsumer = StreamConsumer<SourceContext>;
+pub type SourceConsumer = BaseConsumer<SourceContext>;
 
 /// How often copiers are checked for a closed mailbox, and metrics published.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Memory the source consumer may hold in prefetched records, divided among
-/// the partitions it subscribes to (see [`prefetch_kbytes`]).
-pub const SOURCE_PREFETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Records the source consumer may hold read ahead, for all its partitions
+/// (`queued.max.messages.kbytes`).
+pub const SOURCE_PREFETCH_BYTES: usize = 32 * 1024 * 1024;
 
-/// Bytes of batches a flow holds between its copiers and the destination at
-/// most (or four batches of `batch_max_bytes`, if more).
+/// Bytes of records a flow holds between its consumer's read-ahead and its
+/// producer's queue at most (or four batches of `batch_max_bytes`, if more):
+/// see [`BatchBudget`].
 pub const BATCH_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
-/// Per-partition prefetch, in KB: the budget shared by `partitions`, between
-/// 128 KB and 2 MB. librdkafka's `queued.max.messages.kbytes` applies per
-/// partition with split queues (librdkafka #4137), and a partition whose queue
-/// is over it is not fetched. On 8 partitions 2 MB each keeps the copiers fed
-/// at several times MirrorMaker 2's rate; on a thousand, megabytes each would
-/// hold gigabytes, while below ~128 KB fetches get so small that the brokers'
-/// work per record, not Strait's, sets the pace. See BENCHMARKS.md.
-pub fn prefetch_kbytes(partitions: usize) -> usize {
-    (SOURCE_PREFETCH_BUDGET_BYTES / 1024 / partitions.max(1)).clamp(128, 2048)
-}
-
 /// Consumer defaults, each overridable through `[clusters.NAME.kafka]`.
-fn consumer_defaults(spec: &FlowSpec, partitions: usize) -> Vec<(&'static str, String)> {
+fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
     let refresh_ms = spec
         .topic_refresh_interval
         .as_millis()
         .clamp(1_000, 300_000);
-    let prefetch_kbytes = prefetch_kbytes(partitions);
     vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        ("queued.max.messages.kbytes", prefetch_kbytes.to_string()),
-        // A partition over that bound is looked at again after this long; the
-        // default (1 s) left copiers idle once they had drained their queue,
-        // capping a partition at 4 MB a second.
+        // Read-ahead for all partitions together (one queue is polled): up to
+        // `max.partition.fetch.bytes` (1 MB) per partition per fetch.
+        (
+            "queued.max.messages.kbytes",
+            (SOURCE_PREFETCH_BYTES / 1024).to_string(),
+        ),
+        // One fetch response at most this big: librdkafka keeps a response's
+        // buffer until its last record is copied, so smaller responses let
+        // memory go sooner (the default is 50 MB).
+        ("fetch.max.bytes", (8 * 1024 * 1024).to_string()),
+        // Once the read-ahead is full, look again this soon; the default
+        // (1 s) left the copiers idle once they had drained it.
         ("fetch.queue.backoff.ms", "10".into()),
         // How long the broker may hold a fetch that finds nothing new. At
         // librdkafka's default (500 ms) records waited up to a second at
         // low rates (p99 871 ms at 2,000 records/s); at 20 ms, p99 was 17
         // ms, for at most 50 empty fetches a second per broker when idle.
         ("fetch.wait.max.ms", "20".into()),
-        // One fetch per partition at most this big, so that a fetch does not
-        // overshoot a small per-partition bound by much.
-        (
-            "max.partition.fetch.bytes",
-            (prefetch_kbytes * 1024).min(1024 * 1024).to_string(),
-        ),
         // Fresh high watermarks for lag.
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
@@ -123,28 +111,29 @@ fn consumer_forced(spec: &FlowSpec) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Receives the consumer's callbacks on the driver thread.
+/// Receives the consumer's callbacks on the reading thread.
 pub struct SourceContext {
     cluster: String,
     flow: Arc<FlowStatus>,
     start_from: StartFrom,
-    consumer: OnceLock<Weak<SourceConsumer>>,
     supervisor: OnceLock<Addr<Source>>,
-    /// Queues split in `pre_rebalance`, handed over in `post_rebalance`.
-    split: Mutex<Vec<AssignedPartition>>,
+    /// Where each assigned partition's records go (see [`crate::dispatcher`]).
+    routes: Mutex<Routes>,
+    /// Routed in `pre_rebalance`, handed over in `post_rebalance`.
+    assigned: Mutex<Vec<AssignedPartition>>,
     shutting_down: AtomicBool,
-    /// Partition counts when the flow found each topic (see `split_queues`).
+    /// Partition counts when the flow found each topic (see `assign`).
     history: Arc<PartitionHistory>,
 }
 
-/// A newly assigned partition with its own queue.
+/// A newly assigned partition and the inbox its records arrive in.
 pub struct AssignedPartition {
     /// Source topic.
     pub topic: String,
     /// Partition number.
     pub partition: i32,
-    /// Its queue.
-    pub queue: PartitionQueue,
+    /// Where its records arrive.
+    pub inbox: Inbox,
     /// The group's committed offset, if any.
     pub committed: Option<i64>,
 }
@@ -178,7 +167,7 @@ impl ConsumerContext for SourceContext {
             return;
         }
         match rebalance {
-            Rebalance::Assign(tpl) => self.split_queues(base, tpl),
+            Rebalance::Assign(tpl) => self.assign(base, tpl),
             Rebalance::Revoke(tpl) => self.revoke(base, tpl),
             Rebalance::Error(error) => {
                 tracing::warn!(cluster = %self.cluster, error = %error, "rebalance error");
@@ -192,23 +181,32 @@ impl ConsumerContext for SourceContext {
         }
         if let Rebalance::Assign(_) = rebalance {
             let assigned =
-                std::mem::take(&mut *self.split.lock().unwrap_or_else(|e| e.into_inner()));
+                std::mem::take(&mut *self.assigned.lock().unwrap_or_else(|e| e.into_inner()));
             if assigned.is_empty() {
                 return;
             }
             if let Some(supervisor) = self.supervisor.get() {
-                // Runs on the driver thread, never on the arbiter: safe to wait.
+                // Runs on the reading thread, never on the arbiter: safe to wait.
                 let _ = futures::executor::block_on(supervisor.send(Assigned(assigned)));
             }
         }
     }
 }
 
+impl Routed for SourceContext {
+    fn routes(&self) -> &Mutex<Routes> {
+        &self.routes
+    }
+    fn cluster(&self) -> &str {
+        &self.cluster
+    }
+    fn flow(&self) -> &str {
+        self.flow.name()
+    }
+}
+
 impl SourceContext {
-    fn split_queues(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+    fn assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let committed = base
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .ok();
@@ -230,7 +228,8 @@ impl SourceContext {
         if let StartFrom::Timestamp(ms) = self.start_from {
             start_at_timestamp(base, tpl, committed.as_ref(), ms, &self.cluster);
         }
-        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
         for e in tpl.elements() {
             let committed_offset = committed
                 .as_ref()
@@ -239,19 +238,12 @@ impl SourceContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            match consumer.split_partition_queue(e.topic(), e.partition()) {
-                Some(queue) => split.push(AssignedPartition {
-                    topic: e.topic().to_string(),
-                    partition: e.partition(),
-                    queue,
-                    committed: committed_offset,
-                }),
-                None => tracing::error!(
-                    topic = e.topic(),
-                    partition = e.partition(),
-                    "could not split the partition's queue; it will not be copied"
-                ),
-            }
+            assigned.push(AssignedPartition {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+                inbox: routes.add(e.topic(), e.partition()),
+                committed: committed_offset,
+            });
         }
     }
 
@@ -264,12 +256,16 @@ impl SourceContext {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        // Runs on the driver thread: waiting here holds the rebalance until the
+        // Runs on the reading thread: waiting here holds the rebalance until the
         // copiers have drained, which is what makes the commit below complete.
         let Ok(offsets) = futures::executor::block_on(supervisor.send(Revoked(partitions))) else {
             return;
         };
         commit_sync(base, &offsets, &self.flow, &self.cluster);
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for e in tpl.elements() {
+            routes.remove(base, e.topic(), e.partition());
+        }
     }
 }
 
@@ -373,11 +369,13 @@ struct CopierEntry {
 pub struct Source {
     spec: Arc<FlowSpec>,
     flow: Arc<FlowStatus>,
-    /// Created at the first subscription, sized to the partitions subscribed.
+    /// Created at the first subscription.
     consumer: Option<Arc<SourceConsumer>>,
     /// Stands in for the consumer until then (see [`Source::start`]).
     probe: Option<BaseConsumer<LoggingContext>>,
-    /// Shared by the flow's copiers.
+    /// Reaches the reading thread, once there is one.
+    commands: Option<mpsc::Sender<Command>>,
+    /// Bounds what the flow holds between the consumer and the producer.
     budget: BatchBudget,
     history: Arc<PartitionHistory>,
     destination: Addr<Destination>,
@@ -403,7 +401,7 @@ impl Source {
     ) -> Result<Addr<Self>, ReplicationError> {
         let probe = client_config(
             &spec.source,
-            &consumer_defaults(&spec, 1),
+            &consumer_defaults(&spec),
             &consumer_forced(&spec),
         )
         .create_with_context(LoggingContext {
@@ -419,6 +417,7 @@ impl Source {
             flow,
             consumer: None,
             probe: Some(probe),
+            commands: None,
             budget,
             history,
             destination,
@@ -432,26 +431,32 @@ impl Source {
         Ok(source.start())
     }
 
-    /// Creates the group consumer and its driver thread.
+    /// Creates the group consumer and its reading thread.
     fn create_consumer(
         &mut self,
-        partitions: usize,
         ctx: &Context<Self>,
     ) -> Result<Arc<SourceConsumer>, ReplicationError> {
         let spec = &self.spec;
+        let (commands, received) = mpsc::channel();
+        let routes = Routes::new(
+            self.budget.clone(),
+            spec.tuning.batch_max_records,
+            spec.tuning.batch_max_bytes,
+            commands.clone(),
+        );
         let context = SourceContext {
             history: Arc::clone(&self.history),
             cluster: spec.source.alias.clone(),
             flow: Arc::clone(&self.flow),
             start_from: spec.start_from,
-            consumer: OnceLock::new(),
             supervisor: OnceLock::new(),
-            split: Mutex::new(Vec::new()),
+            routes: Mutex::new(routes),
+            assigned: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
         };
         let consumer: SourceConsumer = client_config(
             &spec.source,
-            &consumer_defaults(spec, partitions),
+            &consumer_defaults(spec),
             &consumer_forced(spec),
         )
         .create_with_context(context)
@@ -460,25 +465,21 @@ impl Source {
             source,
         })?;
         let consumer = Arc::new(consumer);
-        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let _ = consumer.context().supervisor.set(ctx.address());
-        self.driver = Some(spawn_driver(
+        self.driver = Some(spawn_reader(
             Arc::clone(&consumer),
+            received,
+            self.budget.clone(),
             Arc::clone(&self.driver_stop),
         )?);
-        tracing::info!(flow = %spec.name, partitions, prefetch_kbytes = prefetch_kbytes(partitions), "source consumer created");
+        tracing::info!(flow = %spec.name, "source consumer created");
         self.consumer = Some(Arc::clone(&consumer));
+        self.commands = Some(commands);
         self.probe = None;
         Ok(consumer)
     }
 
-    fn start_copier(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        queue: PartitionQueue,
-        committed: Option<i64>,
-    ) {
+    fn start_copier(&mut self, topic: &str, partition: i32, inbox: Inbox, committed: Option<i64>) {
         let destination_topic = self.spec.destination_topic(topic);
         let status = self.flow.partition(topic, partition, &destination_topic);
         status.progress.set_metrics(PartitionMetrics::new(
@@ -496,16 +497,12 @@ impl Source {
             .get(&key)
             .and_then(|c| c.injected_panic.clone())
             .or_else(|| self.injected_panic_for(topic, partition));
-        let Some(consumer) = self.consumer.clone() else {
-            return;
-        };
         let addr = Copier::start(CopierParts {
             flow: Arc::from(self.spec.name.as_str()),
             topic: Arc::clone(&key.0),
             partition,
             destination_topic: Arc::from(destination_topic.as_str()),
-            queue,
-            consumer,
+            inbox,
             destination: self.destination.clone(),
             status: Arc::clone(&status),
             tuning: self.spec.tuning.clone(),
@@ -517,7 +514,6 @@ impl Source {
                 source_cluster: self.spec.source.alias.clone(),
             }),
             injected_panic: injected_panic.clone(),
-            budget: self.budget.clone(),
         });
         self.copiers.insert(
             key,
@@ -608,7 +604,7 @@ impl Source {
     /// Restarts copiers whose mailbox closed: actix does not restart an actor
     /// that panicked outside its guarded loop.
     fn revive_dead_copiers(&mut self) {
-        let Some(consumer) = self.consumer.clone() else {
+        let Some(commands) = self.commands.clone() else {
             return;
         };
         let dead: Vec<_> = self
@@ -618,20 +614,16 @@ impl Source {
             .map(|(k, _)| k.clone())
             .collect();
         for (topic, partition) in dead {
-            let Some(queue) = consumer.split_partition_queue(&topic, partition) else {
-                continue;
-            };
+            let mut from = None;
             if let Some(c) = self.copiers.get(&(Arc::clone(&topic), partition)) {
                 c.status
                     .record_failure("the copier stopped unexpectedly".to_string());
                 c.status.progress.reset();
-                if let Some(offset) = c.status.progress.committable() {
-                    let _ =
-                        consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO);
-                }
+                from = c.status.progress.committable();
             }
             tracing::error!(flow = %self.spec.name, topic = %topic, partition, "copier stopped unexpectedly; starting a new one");
-            self.start_copier(&topic, partition, queue, None);
+            let inbox = Inbox::reopen(commands.clone(), Arc::clone(&topic), partition, from);
+            self.start_copier(&topic, partition, inbox, None);
         }
     }
 
@@ -659,59 +651,19 @@ impl Source {
     }
 }
 
-fn spawn_driver(
+fn spawn_reader(
     consumer: Arc<SourceConsumer>,
+    commands: mpsc::Receiver<Command>,
+    budget: BatchBudget,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, ReplicationError> {
     let name = format!("strait-source-{}", consumer.context().cluster);
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || drive(consumer, stop))
+        .spawn(move || dispatcher::run(&consumer, &commands, &budget, &stop))
         .map_err(|_| ReplicationError::ActorGone {
-            actor: "source driver thread",
+            actor: "source reading thread",
         })
-}
-
-/// Polls the consumer's main queue so that rebalances and statistics are
-/// served. Every assigned partition has its own queue, so records only show
-/// up here if a partition could not be split.
-fn drive(consumer: Arc<SourceConsumer>, stop: Arc<AtomicBool>) {
-    // The same error repeats many times a second while a cluster is down:
-    // say it when it changes, and again at most every half minute.
-    let mut last_error: Option<(String, std::time::Instant)> = None;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(error = %error, "cannot start the source driver");
-            return;
-        }
-    };
-    runtime.block_on(async {
-        while !stop.load(Ordering::SeqCst) {
-            match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
-                Err(_idle) => {}
-                Ok(Ok(m)) => tracing::error!(
-                    topic = m.topic(),
-                    partition = m.partition(),
-                    offset = m.offset(),
-                    "record arrived outside its partition queue; it is not copied by this instance"
-                ),
-                Ok(Err(error)) => {
-                    let text = error.to_string();
-                    let repeat = last_error.as_ref().is_some_and(|(last, at)| {
-                        *last == text && at.elapsed() < Duration::from_secs(30)
-                    });
-                    if !repeat {
-                        tracing::warn!(cluster = %consumer.context().cluster, error = %error, "source consumer error; librdkafka keeps retrying");
-                        last_error = Some((text, std::time::Instant::now()));
-                    }
-                }
-            }
-        }
-    });
 }
 
 impl Actor for Source {
@@ -735,7 +687,7 @@ impl Actor for Source {
     }
 }
 
-/// Partitions newly assigned to this instance (from the driver thread).
+/// Partitions newly assigned to this instance (from the reading thread).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Assigned(pub Vec<AssignedPartition>);
@@ -750,12 +702,12 @@ impl Handler<Assigned> for Source {
         metrics::counter!(names::REBALANCES, labels::FLOW => self.spec.name.clone(), labels::KIND => "assign").increment(1);
         for p in partitions {
             tracing::info!(flow = %self.spec.name, topic = %p.topic, partition = p.partition, committed = ?p.committed, "partition assigned");
-            self.start_copier(&p.topic, p.partition, p.queue, p.committed);
+            self.start_copier(&p.topic, p.partition, p.inbox, p.committed);
         }
     }
 }
 
-/// Partitions taken away from this instance (from the driver thread). Answered
+/// Partitions taken away from this instance (from the reading thread). Answered
 /// with the offsets to commit once their copiers have drained.
 #[derive(Message)]
 #[rtype(result = "Vec<(String, i32, i64)>")]
@@ -797,22 +749,20 @@ impl Handler<Revoked> for Source {
 pub struct Subscribe {
     /// Topic names.
     pub topics: BTreeSet<String>,
-    /// Their partitions in all: the first subscription sizes the prefetch.
-    pub partitions: usize,
 }
 
 impl Handler<Subscribe> for Source {
     type Result = Result<(), ReplicationError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
-        let Subscribe { topics, partitions } = msg;
+        let Subscribe { topics } = msg;
         if self.stopping || topics == self.subscription {
             return Ok(());
         }
         let consumer = match (&self.consumer, topics.is_empty()) {
             (Some(consumer), _) => Arc::clone(consumer),
             (None, true) => return Ok(()),
-            (None, false) => self.create_consumer(partitions, ctx)?,
+            (None, false) => self.create_consumer(ctx)?,
         };
         let result = if topics.is_empty() {
             consumer.unsubscribe();
@@ -880,19 +830,5 @@ impl Handler<StopSource> for Source {
                 ctx.stop();
             })
         }))
-    }
-}
-
-#[cfg(test)]
-mod prefetch_tests {
-    use super::prefetch_kbytes;
-
-    #[test]
-    fn prefetch_shares_the_budget_between_128_kb_and_2_mb_per_partition() {
-        assert_eq!(prefetch_kbytes(0), 2048);
-        assert_eq!(prefetch_kbytes(16), 2048);
-        assert_eq!(prefetch_kbytes(100), 655);
-        assert_eq!(prefetch_kbytes(1000), 128);
-        assert_eq!(prefetch_kbytes(100_000), 128);
     }
 }

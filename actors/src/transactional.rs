@@ -17,11 +17,12 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
+use rdkafka::message::Header;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use crate::batch::RecordView;
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::destination::send_waiting;
+use crate::destination::{owned_headers, send_waiting};
 use crate::error::ReplicationError;
 use crate::offset_store::{StoredOffset, OFFSETS_TOPIC};
 use crate::spec::ClusterSpec;
@@ -149,27 +150,24 @@ impl TransactionalWriter {
         &self,
         topic: &str,
         partition: Option<i32>,
-        message: &BorrowedMessage<'_>,
+        record: &RecordView<'_>,
         extra_headers: &[(&str, String)],
     ) -> Result<(), KafkaError> {
-        let mut headers = message
-            .headers()
-            .filter(|h| h.count() > 0)
-            .map(|h| h.detach());
+        let mut headers = owned_headers(record);
         for (k, v) in extra_headers {
             headers = Some(headers.unwrap_or_default().insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
             }));
         }
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, message.offset() as usize);
-        record.partition = partition;
-        record.key = message.key();
-        record.payload = message.payload();
-        record.timestamp = message.timestamp().to_millis();
-        record.headers = headers;
-        send_waiting(&self.producer, record)
+        let mut out: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, record.offset as usize);
+        out.partition = partition;
+        out.key = record.key;
+        out.payload = record.value;
+        out.timestamp = record.timestamp;
+        out.headers = headers;
+        send_waiting(&self.producer, out)
             .await
             .map_err(|(error, _)| error)
     }

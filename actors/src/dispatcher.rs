@@ -1,0 +1,681 @@
+//! The source's reading thread: it polls the group consumer's one queue and
+//! hands each partition's records, in batches, to that partition's copier.
+//!
+//! One queue for all partitions lets librdkafka bound its read-ahead for the
+//! whole consumer (`queued.max.messages.kbytes`) while fetching up to
+//! `max.partition.fetch.bytes` per partition: with a queue split per
+//! partition the bound is per partition, so a thousand partitions had to
+//! choose between small fetches (slow: the brokers' work per request
+//! dominates) and gigabytes of read-ahead (librdkafka #4137). Polling it on a
+//! thread of its own, blocking, also means no record waits for a missed
+//! wake-up (rust-rdkafka #665).
+//!
+//! Each copier has an [`Inbox`]: a channel of one batch. While a copier is
+//! busy, the thread keeps filling that partition's next batch, up to the
+//! flow's `batch_max_records`/`batch_max_bytes`. Once a partition's batch is
+//! full and its copier has not taken the previous one, the thread waits for
+//! that copier, and after [`PAUSE_PARTITION_AFTER`] *pauses* the partition
+//! instead, so a stuck partition holds up only itself (a pause drops what
+//! librdkafka read ahead for the partition, so a copier that is merely busy
+//! is waited for, not paused). The bytes read but not yet in the
+//! producer's queue are bounded for the whole flow by a [`BatchBudget`]:
+//! over it, the thread stops polling, and librdkafka stops fetching once its
+//! own read-ahead is full. If that lasts ([`PAUSE_AFTER`]), it polls again
+//! (the group needs it) and pauses each partition a record arrives for,
+//! until the budget has room again.
+//!
+//! Rebalance callbacks run on this thread, inside `poll`: they add and remove
+//! routes (see `crate::source`). Everything else that changes a route, such as
+//! a copier rewinding to its last acknowledged offset, is a [`Command`]
+//! applied between polls, so no record read before a rewind reaches the copier
+//! after it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::batch::Batch;
+use crate::metrics::{self as names, labels};
+
+/// How long the thread may hold off polling because the budget is full before
+/// it polls again and pauses partitions instead. Short enough that rebalance
+/// callbacks are served promptly; long enough that a busy destination is
+/// absorbed by librdkafka's read-ahead, not by re-fetching paused partitions
+/// (a pause drops what librdkafka had read ahead for the partition).
+pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the thread waits for the copier of a partition whose batch is
+/// full before it pauses that partition and reads the others on.
+pub const PAUSE_PARTITION_AFTER: Duration = Duration::from_millis(200);
+
+/// Records polled in one go before batches are handed over.
+const DRAIN_MAX: usize = 10_000;
+
+/// Longest blocking poll: commands wait at most this long.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Poll wait while some batch is waiting for its copier.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// Bytes of records a flow holds between its consumer's queue and its
+/// producer's queue: in batches being filled, waiting in inboxes, or on their
+/// way to the destination. Each copier sends one batch at a time, but a
+/// thousand of them could otherwise each hold a full batch while the
+/// destination works through them.
+#[derive(Clone, Debug)]
+pub struct BatchBudget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl BatchBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            held: Arc::new(AtomicUsize::new(0)),
+            limit: bytes.max(1),
+        }
+    }
+
+    fn add(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// True when at least the limit is held.
+    pub fn is_full(&self) -> bool {
+        self.held() >= self.limit
+    }
+
+    /// True when under half the limit is held: paused partitions go on.
+    fn has_room(&self) -> bool {
+        self.held() < self.limit / 2
+    }
+
+    /// Hands accounting for `bytes` already added to a guard.
+    fn guard(&self, bytes: usize) -> Held {
+        Held {
+            bytes,
+            held: Arc::clone(&self.held),
+        }
+    }
+}
+
+/// Bytes counted against a [`BatchBudget`], given back when dropped: a batch
+/// carries it until its records are in the producer's queue.
+#[derive(Debug)]
+pub struct Held {
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Held {
+    /// Moves up to `bytes` of this guard's count to a new guard.
+    pub fn split(&mut self, bytes: usize) -> Held {
+        let moved = bytes.min(self.bytes);
+        self.bytes -= moved;
+        Held {
+            bytes: moved,
+            held: Arc::clone(&self.held),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A batch handed to a copier.
+#[derive(Debug)]
+pub struct Parcel {
+    /// Records of one partition, in offset order.
+    pub batch: Batch,
+    /// The batch's share of the budget.
+    pub held: Held,
+    /// When its first record was polled.
+    pub read_at: Instant,
+}
+
+/// What changes a route, applied by the thread between polls.
+#[derive(Debug)]
+pub enum Command {
+    /// Drop what was read for the partition and not yet handed over, hand
+    /// from now on to `sender`, and read again from `offset` (if `None`,
+    /// from the first record not taken by the copier).
+    Rewind {
+        /// Source topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: i32,
+        /// Where to read from; `None`: from the first record not taken.
+        offset: Option<i64>,
+        /// The copier's new inbox.
+        sender: tokio::sync::mpsc::Sender<Parcel>,
+    },
+}
+
+/// A copier's end of its partition's route.
+#[derive(Debug)]
+pub struct Inbox {
+    topic: Arc<str>,
+    partition: i32,
+    receiver: tokio::sync::mpsc::Receiver<Parcel>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Inbox {
+    /// A channel of one batch: while the copier sends one batch, the next is
+    /// filled, and a partition never holds more than that.
+    fn channel() -> (
+        tokio::sync::mpsc::Sender<Parcel>,
+        tokio::sync::mpsc::Receiver<Parcel>,
+    ) {
+        tokio::sync::mpsc::channel(1)
+    }
+
+    /// The next batch; `None` once the route is gone.
+    pub async fn recv(&mut self) -> Option<Parcel> {
+        self.receiver.recv().await
+    }
+
+    /// Drops every batch not yet taken and has the partition read again from
+    /// `offset` (if `None`, from the first record not taken yet).
+    pub fn rewind(&mut self, offset: Option<i64>) {
+        let (sender, receiver) = Self::channel();
+        self.receiver = receiver;
+        // A send fails only once the reading thread has stopped, and then
+        // nothing will be read anyway.
+        let _ = self.commands.send(Command::Rewind {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+            offset,
+            sender,
+        });
+    }
+
+    /// A new inbox for a partition whose copier is replaced, read from `offset`.
+    pub fn reopen(
+        commands: mpsc::Sender<Command>,
+        topic: Arc<str>,
+        partition: i32,
+        offset: Option<i64>,
+    ) -> Self {
+        let (sender, receiver) = Self::channel();
+        let inbox = Self {
+            topic,
+            partition,
+            receiver,
+            commands,
+        };
+        let _ = inbox.commands.send(Command::Rewind {
+            topic: Arc::clone(&inbox.topic),
+            partition,
+            offset,
+            sender,
+        });
+        inbox
+    }
+
+    /// Refuses further batches and gives back the room of those waiting: for
+    /// a copier that gave up on its partition.
+    pub fn close(&mut self) {
+        self.receiver.close();
+        while self.receiver.try_recv().is_ok() {}
+    }
+}
+
+/// One assigned partition's route to its copier.
+struct Route {
+    topic: Arc<str>,
+    sender: tokio::sync::mpsc::Sender<Parcel>,
+    /// The batch being filled, and when its first record was polled.
+    open: Option<(Batch, Instant)>,
+    /// Paused in the consumer by this thread.
+    paused: bool,
+    /// Since when the open batch is full and waits for the copier.
+    full_since: Option<Instant>,
+    /// The copier gave up on the partition: paused until a rewind.
+    closed: bool,
+    /// Records before this offset are left over from before a rewind.
+    skip_below: Option<i64>,
+    /// The first offset handed to the current inbox: where a rewind that
+    /// does not say where goes back to (the copier took nothing from it).
+    first_handed: Option<i64>,
+    /// Records and bytes of the last batch handed over: the next is sized
+    /// like it, so a thousand mostly idle partitions do not each hold a
+    /// buffer sized for a busy one.
+    last_size: (usize, usize),
+}
+
+/// The routes of one consumer's assigned partitions. Lives in the consumer's
+/// context, since rebalance callbacks change it; only the reading thread
+/// touches it.
+pub struct Routes {
+    map: HashMap<Arc<str>, HashMap<i32, Route>>,
+    /// Partitions whose batch waits to be handed over.
+    open: HashSet<(Arc<str>, i32)>,
+    budget: BatchBudget,
+    max_records: usize,
+    max_bytes: usize,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Routes {
+    /// No routes yet; batches of at most `max_records` records and
+    /// `max_bytes` bytes; `commands` reach the reading thread.
+    pub fn new(
+        budget: BatchBudget,
+        max_records: usize,
+        max_bytes: usize,
+        commands: mpsc::Sender<Command>,
+    ) -> Self {
+        Self {
+            map: HashMap::new(),
+            open: HashSet::new(),
+            budget,
+            max_records: max_records.max(1),
+            max_bytes: max_bytes.max(1),
+            commands,
+        }
+    }
+
+    /// A route for a newly assigned partition, and the copier's inbox.
+    pub fn add(&mut self, topic: &str, partition: i32) -> Inbox {
+        let topic: Arc<str> = match self.map.get_key_value(topic) {
+            Some((t, _)) => Arc::clone(t),
+            None => Arc::from(topic),
+        };
+        let (sender, receiver) = Inbox::channel();
+        self.map.entry(Arc::clone(&topic)).or_default().insert(
+            partition,
+            Route {
+                topic: Arc::clone(&topic),
+                sender,
+                open: None,
+                paused: false,
+                full_since: None,
+                closed: false,
+                skip_below: None,
+                first_handed: None,
+                last_size: (16, 16 * 1024),
+            },
+        );
+        Inbox {
+            topic,
+            partition,
+            receiver,
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Forgets a revoked partition; what was read for it and not handed over
+    /// is dropped (it is read again by whoever gets the partition).
+    pub fn remove<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partition: i32,
+    ) {
+        let Some(partitions) = self.map.get_mut(topic) else {
+            return;
+        };
+        let Some(mut route) = partitions.remove(&partition) else {
+            return;
+        };
+        if partitions.is_empty() {
+            self.map.remove(topic);
+        }
+        if let Some((batch, _)) = route.open.take() {
+            self.budget.release(batch.bytes());
+        }
+        // librdkafka keeps a partition paused across assignments.
+        if route.paused {
+            pause_or_resume(consumer, topic, partition, false);
+        }
+    }
+
+    /// Copies a polled record into its partition's batch; with `pause` (the
+    /// budget has been full for a while), pauses the partition. True when
+    /// the batch is now full and waits for its copier: the caller stops
+    /// polling until it is taken (or the partition is paused).
+    fn take<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+        pause: bool,
+    ) -> bool {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let Some(route) = self.map.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
+            // Revoked between the poll and now: whoever owns it reads it.
+            return false;
+        };
+        if route.closed || route.skip_below.is_some_and(|first| offset < first) {
+            return false;
+        }
+        let (max_records, max_bytes) = (self.max_records, self.max_bytes);
+        let opened = route.open.is_none();
+        let (batch, _) = route.open.get_or_insert_with(|| {
+            let (records, bytes) = route.last_size;
+            (
+                Batch::with_capacity(records.min(max_records), bytes.min(max_bytes)),
+                Instant::now(),
+            )
+        });
+        let before = batch.bytes();
+        batch.push(message);
+        self.budget.add(batch.bytes() - before);
+        let full = batch.len() >= max_records || batch.bytes() >= max_bytes;
+        if opened {
+            self.open.insert((Arc::clone(&route.topic), partition));
+        }
+        if full {
+            Self::hand_over(route, &self.budget);
+        }
+        if pause && !route.paused {
+            route.paused = true;
+            pause_or_resume(consumer, topic, partition, true);
+        }
+        let blocked = full && route.open.is_some() && !route.paused;
+        if blocked {
+            route.full_since.get_or_insert_with(Instant::now);
+        }
+        blocked
+    }
+
+    /// Hands every waiting batch whose copier has room to it, pauses
+    /// partitions whose full batch waited too long, and resumes paused
+    /// partitions that have nothing waiting (if the budget has room).
+    fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Flushed {
+        let budget = &self.budget;
+        let room = budget.has_room();
+        let map = &mut self.map;
+        let mut blocked = false;
+        self.open.retain(|(topic, partition)| {
+            let Some(route) = map.get_mut(topic).and_then(|p| p.get_mut(partition)) else {
+                return false;
+            };
+            Self::hand_over(route, budget);
+            if route.closed {
+                if !route.paused {
+                    route.paused = true;
+                    pause_or_resume(consumer, topic, *partition, true);
+                }
+                return false;
+            }
+            if route.paused && route.open.is_none() && room {
+                route.paused = false;
+                pause_or_resume(consumer, topic, *partition, false);
+            }
+            if let Some(since) = route.full_since.filter(|_| !route.paused) {
+                if since.elapsed() >= PAUSE_PARTITION_AFTER {
+                    route.paused = true;
+                    pause_or_resume(consumer, topic, *partition, true);
+                } else {
+                    blocked = true;
+                }
+            }
+            route.open.is_some() || route.paused
+        });
+        Flushed {
+            waiting: !self.open.is_empty(),
+            blocked,
+        }
+    }
+
+    /// Gives the route's batch to its copier if the inbox has room.
+    fn hand_over(route: &mut Route, budget: &BatchBudget) {
+        let Some((batch, read_at)) = route.open.take() else {
+            return;
+        };
+        match route.sender.try_reserve() {
+            Ok(slot) => {
+                route.full_since = None;
+                route.last_size = (batch.len(), batch.bytes());
+                route.first_handed = route.first_handed.or(batch.first_offset());
+                let held = budget.guard(batch.bytes());
+                slot.send(Parcel {
+                    batch,
+                    held,
+                    read_at,
+                });
+            }
+            Err(TrySendError::Full(())) => route.open = Some((batch, read_at)),
+            // The copier gave up on the partition, or is being replaced
+            // (which rewinds the route): nothing to keep.
+            Err(TrySendError::Closed(())) => {
+                route.full_since = None;
+                route.closed = true;
+                budget.release(batch.bytes());
+            }
+        }
+    }
+
+    fn apply<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, command: Command) {
+        match command {
+            Command::Rewind {
+                topic,
+                partition,
+                offset,
+                sender,
+            } => {
+                let Some(route) = self.map.get_mut(&topic).and_then(|p| p.get_mut(&partition))
+                else {
+                    return;
+                };
+                route.sender = sender;
+                route.full_since = None;
+                route.closed = false;
+                let open = route.open.take();
+                let offset = offset
+                    .or(route.first_handed)
+                    .or(open.as_ref().and_then(|(batch, _)| batch.first_offset()));
+                route.first_handed = None;
+                if let Some((batch, _)) = open {
+                    self.budget.release(batch.bytes());
+                }
+                if route.paused {
+                    route.paused = false;
+                    pause_or_resume(consumer, &topic, partition, false);
+                }
+                if let Some(offset) = offset {
+                    route.skip_below = Some(offset);
+                    if let Err(error) =
+                        consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO)
+                    {
+                        tracing::warn!(topic = %topic, partition, offset, error = %error, "could not seek back to the last acknowledged offset");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`Routes::flush`] left.
+struct Flushed {
+    /// Some batch still waits for its copier.
+    waiting: bool,
+    /// Some partition's full batch waits, not for long yet: poll no more
+    /// until it is taken or the partition is paused.
+    blocked: bool,
+}
+
+fn pause_or_resume<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    pause: bool,
+) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match result {
+        Ok(()) => tracing::debug!(
+            topic,
+            partition,
+            pause,
+            "source partition paused or resumed"
+        ),
+        Err(error) => {
+            tracing::warn!(topic, partition, pause, error = %error, "could not pause or resume a source partition")
+        }
+    }
+}
+
+/// What the reading thread needs of the consumer's context.
+pub trait Routed: ConsumerContext {
+    /// The routes of the assigned partitions.
+    fn routes(&self) -> &std::sync::Mutex<Routes>;
+    /// The cluster's alias, for logs.
+    fn cluster(&self) -> &str;
+    /// The flow's name, for metrics.
+    fn flow(&self) -> &str;
+}
+
+fn lock<C: Routed>(consumer: &BaseConsumer<C>) -> std::sync::MutexGuard<'_, Routes> {
+    consumer
+        .context()
+        .routes()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The reading loop; returns once `stop` is set.
+pub fn run<C: Routed>(
+    consumer: &BaseConsumer<C>,
+    commands: &mpsc::Receiver<Command>,
+    budget: &BatchBudget,
+    stop: &AtomicBool,
+) {
+    let mut errors = ErrorLog::default();
+    let mut full_since: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let flushed = {
+            let mut routes = lock(consumer);
+            while let Ok(command) = commands.try_recv() {
+                routes.apply(consumer, command);
+            }
+            routes.flush(consumer)
+        };
+        if flushed.blocked {
+            nap();
+            continue;
+        }
+        // While the budget is full, polling would only move records from
+        // librdkafka's bounded read-ahead into Strait's: wait, for a while.
+        let pause = match (budget.is_full(), full_since) {
+            (false, _) => {
+                full_since = None;
+                false
+            }
+            (true, None) => {
+                full_since = Some(Instant::now());
+                nap();
+                continue;
+            }
+            (true, Some(since)) if since.elapsed() < PAUSE_AFTER => {
+                nap();
+                continue;
+            }
+            (true, Some(_)) => true,
+        };
+        let timeout = if flushed.waiting {
+            BUSY_POLL
+        } else {
+            IDLE_POLL
+        };
+        let mut next = consumer.poll(timeout);
+        let mut taken = 0usize;
+        // The routes are locked per record, never across `poll`: rebalance
+        // callbacks run inside it and lock them too.
+        while let Some(result) = next {
+            match result {
+                Ok(message) => {
+                    let blocked = lock(consumer).take(consumer, &message, pause);
+                    taken += 1;
+                    if blocked {
+                        break;
+                    }
+                }
+                Err(error) => errors.note(consumer.context().as_ref(), &error),
+            }
+            if taken >= DRAIN_MAX || (!pause && budget.is_full()) {
+                break;
+            }
+            next = consumer.poll(Duration::ZERO);
+        }
+    }
+}
+
+fn nap() {
+    std::thread::sleep(BUSY_POLL);
+}
+
+/// Logs consumer errors, each when it changes and again at most every half
+/// minute (the same error repeats many times a second while a cluster is
+/// down), and counts them all.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<(String, Instant)>,
+}
+
+impl ErrorLog {
+    fn note<C: Routed>(&mut self, context: &C, error: &rdkafka::error::KafkaError) {
+        metrics::counter!(names::CONSUME_ERRORS,
+            labels::FLOW => context.flow().to_string(), labels::TOPIC => "",
+            labels::KIND => names::error_kind(error))
+        .increment(1);
+        let text = error.to_string();
+        let repeat = self
+            .last
+            .as_ref()
+            .is_some_and(|(last, at)| *last == text && at.elapsed() < Duration::from_secs(30));
+        if !repeat {
+            tracing::warn!(cluster = %context.cluster(), error = %error, "source consumer error; librdkafka keeps retrying");
+            self.last = Some((text, Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_gives_its_bytes_back_when_dropped_and_can_be_split() {
+        let budget = BatchBudget::new(100);
+        budget.add(60);
+        let mut held = budget.guard(60);
+        assert!(!budget.is_full() && !budget.has_room());
+        budget.add(40);
+        let other = budget.guard(40);
+        assert!(budget.is_full(), "100 of 100 bytes held");
+        drop(other);
+        let part = held.split(20);
+        drop(held);
+        assert_eq!(budget.held(), 20, "the split-off part is still held");
+        assert!(budget.has_room());
+        drop(part);
+        assert_eq!(budget.held(), 0);
+    }
+}
