@@ -210,26 +210,22 @@ impl Inbox {
         });
     }
 
-    /// A new inbox for a partition whose copier is replaced, read from `offset`.
+    /// A new inbox for a partition whose copier is replaced, read from
+    /// `offset` (as [`Inbox::rewind`]).
     pub fn reopen(
         commands: mpsc::Sender<Command>,
         topic: Arc<str>,
         partition: i32,
         offset: Option<i64>,
     ) -> Self {
-        let (sender, receiver) = Self::channel();
-        let inbox = Self {
+        let (_, receiver) = Self::channel();
+        let mut inbox = Self {
             topic,
             partition,
             receiver,
             commands,
         };
-        let _ = inbox.commands.send(Command::Rewind {
-            topic: Arc::clone(&inbox.topic),
-            partition,
-            offset,
-            sender,
-        });
+        inbox.rewind(offset);
         inbox
     }
 

@@ -30,7 +30,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{client_config, log_client_error, log_client_event, LoggingContext};
+use crate::client::{client_config, log_client_error, log_client_event};
 use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, StopCopier};
 use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
@@ -369,15 +369,9 @@ struct CopierEntry {
 pub struct Source {
     spec: Arc<FlowSpec>,
     flow: Arc<FlowStatus>,
-    /// Created at the first subscription.
-    consumer: Option<Arc<SourceConsumer>>,
-    /// Stands in for the consumer until then (see [`Source::start`]).
-    probe: Option<BaseConsumer<LoggingContext>>,
-    /// Reaches the reading thread, once there is one.
-    commands: Option<mpsc::Sender<Command>>,
-    /// Bounds what the flow holds between the consumer and the producer.
-    budget: BatchBudget,
-    history: Arc<PartitionHistory>,
+    consumer: Arc<SourceConsumer>,
+    /// Reaches the reading thread.
+    commands: mpsc::Sender<Command>,
     destination: Addr<Destination>,
     copiers: HashMap<(Arc<str>, i32), CopierEntry>,
     subscription: BTreeSet<String>,
@@ -388,66 +382,29 @@ pub struct Source {
 }
 
 impl Source {
-    /// Starts the supervisor. The group consumer is created when the flow
-    /// first subscribes (see [`Subscribe`]). Until then a probe with the same
-    /// properties stands in: creating it fails the start on bad properties,
-    /// and polling it logs what goes wrong reaching the cluster (refused
-    /// connections, failed authentication) while nothing is subscribed yet.
+    /// Creates the group consumer (bad properties fail the start) and its
+    /// reading thread, and starts the supervisor. The consumer joins the
+    /// group at the first [`Subscribe`]; until then the reading thread's polls
+    /// log what goes wrong reaching the cluster (refused connections, failed
+    /// authentication).
     pub fn start(
         spec: Arc<FlowSpec>,
         flow: Arc<FlowStatus>,
         destination: Addr<Destination>,
         history: Arc<PartitionHistory>,
     ) -> Result<Addr<Self>, ReplicationError> {
-        let probe = client_config(
-            &spec.source,
-            &consumer_defaults(&spec),
-            &consumer_forced(&spec),
-        )
-        .create_with_context(LoggingContext {
-            cluster: spec.source.alias.clone(),
-        })
-        .map_err(|source| ReplicationError::ClientCreation {
-            cluster: spec.source.alias.clone(),
-            source,
-        })?;
         let budget = BatchBudget::new(BATCH_BUDGET_BYTES.max(4 * spec.tuning.batch_max_bytes));
-        let source = Self {
-            spec,
-            flow,
-            consumer: None,
-            probe: Some(probe),
-            commands: None,
-            budget,
-            history,
-            destination,
-            copiers: HashMap::new(),
-            subscription: BTreeSet::new(),
-            driver_stop: Arc::new(AtomicBool::new(false)),
-            driver: None,
-            committing: false,
-            stopping: false,
-        };
-        Ok(source.start())
-    }
-
-    /// Creates the group consumer and its reading thread.
-    fn create_consumer(
-        &mut self,
-        ctx: &Context<Self>,
-    ) -> Result<Arc<SourceConsumer>, ReplicationError> {
-        let spec = &self.spec;
         let (commands, received) = mpsc::channel();
         let routes = Routes::new(
-            self.budget.clone(),
+            budget.clone(),
             spec.tuning.batch_max_records,
             spec.tuning.batch_max_bytes,
             commands.clone(),
         );
         let context = SourceContext {
-            history: Arc::clone(&self.history),
+            history,
             cluster: spec.source.alias.clone(),
-            flow: Arc::clone(&self.flow),
+            flow: Arc::clone(&flow),
             start_from: spec.start_from,
             supervisor: OnceLock::new(),
             routes: Mutex::new(routes),
@@ -456,8 +413,8 @@ impl Source {
         };
         let consumer: SourceConsumer = client_config(
             &spec.source,
-            &consumer_defaults(spec),
-            &consumer_forced(spec),
+            &consumer_defaults(&spec),
+            &consumer_forced(&spec),
         )
         .create_with_context(context)
         .map_err(|source| ReplicationError::ClientCreation {
@@ -465,18 +422,31 @@ impl Source {
             source,
         })?;
         let consumer = Arc::new(consumer);
-        let _ = consumer.context().supervisor.set(ctx.address());
-        self.driver = Some(spawn_reader(
+        let driver_stop = Arc::new(AtomicBool::new(false));
+        let driver = spawn_reader(
             Arc::clone(&consumer),
             received,
-            self.budget.clone(),
-            Arc::clone(&self.driver_stop),
-        )?);
-        tracing::info!(flow = %spec.name, "source consumer created");
-        self.consumer = Some(Arc::clone(&consumer));
-        self.commands = Some(commands);
-        self.probe = None;
-        Ok(consumer)
+            budget.clone(),
+            Arc::clone(&driver_stop),
+        )?;
+        let source = Self {
+            spec,
+            flow,
+            consumer: Arc::clone(&consumer),
+            commands,
+            destination,
+            copiers: HashMap::new(),
+            subscription: BTreeSet::new(),
+            driver_stop,
+            driver: Some(driver),
+            committing: false,
+            stopping: false,
+        };
+        let addr = source.start();
+        // Rebalance callbacks wait on the supervisor; there are none before
+        // the first subscription, which comes through it.
+        let _ = consumer.context().supervisor.set(addr.clone());
+        Ok(addr)
     }
 
     fn start_copier(&mut self, topic: &str, partition: i32, inbox: Inbox, committed: Option<i64>) {
@@ -582,9 +552,7 @@ impl Source {
                 ))
             })
             .collect();
-        let Some(consumer) = self.consumer.clone() else {
-            return;
-        };
+        let consumer = Arc::clone(&self.consumer);
         if offsets.is_empty() {
             return;
         }
@@ -604,9 +572,6 @@ impl Source {
     /// Restarts copiers whose mailbox closed: actix does not restart an actor
     /// that panicked outside its guarded loop.
     fn revive_dead_copiers(&mut self) {
-        let Some(commands) = self.commands.clone() else {
-            return;
-        };
         let dead: Vec<_> = self
             .copiers
             .iter()
@@ -622,7 +587,7 @@ impl Source {
                 from = c.status.progress.committable();
             }
             tracing::error!(flow = %self.spec.name, topic = %topic, partition, "copier stopped unexpectedly; starting a new one");
-            let inbox = Inbox::reopen(commands.clone(), Arc::clone(&topic), partition, from);
+            let inbox = Inbox::reopen(self.commands.clone(), Arc::clone(&topic), partition, from);
             self.start_copier(&topic, partition, inbox, None);
         }
     }
@@ -674,11 +639,6 @@ impl Actor for Source {
             act.commit_progress(ctx);
         });
         ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
-            if let Some(probe) = &act.probe {
-                // Serves its error events (logged by its context); it is
-                // assigned nothing, so no record ever comes.
-                let _ = probe.poll(Duration::ZERO);
-            }
             if !act.stopping {
                 act.revive_dead_copiers();
             }
@@ -754,16 +714,12 @@ pub struct Subscribe {
 impl Handler<Subscribe> for Source {
     type Result = Result<(), ReplicationError>;
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let Subscribe { topics } = msg;
         if self.stopping || topics == self.subscription {
             return Ok(());
         }
-        let consumer = match (&self.consumer, topics.is_empty()) {
-            (Some(consumer), _) => Arc::clone(consumer),
-            (None, true) => return Ok(()),
-            (None, false) => self.create_consumer(ctx)?,
-        };
+        let consumer = &self.consumer;
         let result = if topics.is_empty() {
             consumer.unsubscribe();
             Ok(())
@@ -793,25 +749,20 @@ impl Handler<StopSource> for Source {
         self.stopping = true;
         // From here on, rebalance callbacks (e.g. when the consumer closes)
         // must not wait on this actor.
-        if let Some(consumer) = &self.consumer {
-            consumer
-                .context()
-                .shutting_down
-                .store(true, Ordering::SeqCst);
-        }
+        self.consumer
+            .context()
+            .shutting_down
+            .store(true, Ordering::SeqCst);
         let keys: Vec<_> = self.copiers.keys().cloned().collect();
         let stopped = self.stop_copiers(keys);
         Box::pin(stopped.into_actor(self).then(|offsets, act, _| {
-            let consumer = act.consumer.clone();
+            let consumer = Arc::clone(&act.consumer);
             let flow = Arc::clone(&act.flow);
             let cluster = act.spec.source.alias.clone();
             let stop = Arc::clone(&act.driver_stop);
             let driver = act.driver.take();
             async move {
                 let _ = tokio::task::spawn_blocking(move || {
-                    let Some(consumer) = consumer else {
-                        return;
-                    };
                     commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
                     for p in flow.partitions() {
                         p.set_state(PartitionState::Stopped);
