@@ -81,42 +81,51 @@ impl Batch {
 
     /// Copies a source record into the batch.
     pub fn push<M: Message>(&mut self, message: &M) {
-        let start = self.data.len();
-        let key = message.key().map(|k| self.append(k));
-        let value = message.payload().map(|v| self.append(v));
-        let first_header = self.headers.len();
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                let name = self.append(h.key.as_bytes());
-                let value = h.value.map(|v| self.append(v));
-                self.headers.push(HeaderSlot { name, value });
-            }
-        }
-        self.records.push(Slot {
-            start,
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            key,
-            value,
-            headers: first_header..self.headers.len(),
-        });
+        let headers = message.headers();
+        self.push_parts(
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+            headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .map(|h| (h.key, h.value)),
+        );
     }
 
     /// Copies a record of another batch into this one.
     pub fn push_view(&mut self, record: &RecordView<'_>) {
+        self.push_parts(
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            record.headers(),
+        );
+    }
+
+    fn push_parts<'h, N: AsRef<str>>(
+        &mut self,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl Iterator<Item = (N, Option<&'h [u8]>)>,
+    ) {
         let start = self.data.len();
-        let key = record.key.map(|k| self.append(k));
-        let value = record.value.map(|v| self.append(v));
+        let key = key.map(|k| self.append(k));
+        let value = value.map(|v| self.append(v));
         let first_header = self.headers.len();
-        for (name, value) in record.headers() {
-            let name = self.append(name.as_bytes());
+        for (name, value) in headers {
+            let name = self.append(name.as_ref().as_bytes());
             let value = value.map(|v| self.append(v));
             self.headers.push(HeaderSlot { name, value });
         }
         self.records.push(Slot {
             start,
-            offset: record.offset,
-            timestamp: record.timestamp,
+            offset,
+            timestamp,
             key,
             value,
             headers: first_header..self.headers.len(),
@@ -256,7 +265,6 @@ mod tests {
         let headers: Vec<_> = recs[1].headers().collect();
         assert_eq!(headers.len(), 3);
         drop(recs);
-        let mut b = b;
         assert_eq!(b.position_of(9), 2);
         let rest = b.split_off(1);
         assert_eq!((b.len(), rest.len()), (1, 2));

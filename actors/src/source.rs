@@ -375,8 +375,8 @@ pub struct Source {
     destination: Addr<Destination>,
     copiers: HashMap<(Arc<str>, i32), CopierEntry>,
     subscription: BTreeSet<String>,
-    driver_stop: Arc<AtomicBool>,
-    driver: Option<JoinHandle<()>>,
+    reader_stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
     committing: bool,
     stopping: bool,
 }
@@ -422,12 +422,12 @@ impl Source {
             source,
         })?;
         let consumer = Arc::new(consumer);
-        let driver_stop = Arc::new(AtomicBool::new(false));
-        let driver = spawn_reader(
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        let reader = spawn_reader(
             Arc::clone(&consumer),
             received,
             budget.clone(),
-            Arc::clone(&driver_stop),
+            Arc::clone(&reader_stop),
         )?;
         let source = Self {
             spec,
@@ -437,8 +437,8 @@ impl Source {
             destination,
             copiers: HashMap::new(),
             subscription: BTreeSet::new(),
-            driver_stop,
-            driver: Some(driver),
+            reader_stop,
+            reader: Some(reader),
             committing: false,
             stopping: false,
         };
@@ -759,8 +759,8 @@ impl Handler<StopSource> for Source {
             let consumer = Arc::clone(&act.consumer);
             let flow = Arc::clone(&act.flow);
             let cluster = act.spec.source.alias.clone();
-            let stop = Arc::clone(&act.driver_stop);
-            let driver = act.driver.take();
+            let stop = Arc::clone(&act.reader_stop);
+            let reader = act.reader.take();
             async move {
                 let _ = tokio::task::spawn_blocking(move || {
                     commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
@@ -768,8 +768,8 @@ impl Handler<StopSource> for Source {
                         p.set_state(PartitionState::Stopped);
                     }
                     stop.store(true, Ordering::SeqCst);
-                    if let Some(driver) = driver {
-                        let _ = driver.join();
+                    if let Some(reader) = reader {
+                        let _ = reader.join();
                     }
                     consumer.unsubscribe();
                 })
