@@ -125,6 +125,11 @@ enum Cmd {
         warmup: u64,
         #[arg(long)]
         size: usize,
+        /// Also writes each counted record's send time (ns since the epoch)
+        /// and latency (µs) to this file, one pair per line, to see when
+        /// the slow ones were sent.
+        #[arg(long)]
+        samples: Option<std::path::PathBuf>,
     },
 }
 
@@ -184,7 +189,17 @@ fn main() -> anyhow::Result<()> {
             seconds,
             warmup,
             size,
-        } => latency(&source, &dest, &topic, rate, seconds, warmup, size)?,
+            samples,
+        } => latency(
+            &source,
+            &dest,
+            &topic,
+            rate,
+            seconds,
+            warmup,
+            size,
+            samples.as_deref(),
+        )?,
     };
     println!("{out}");
     Ok(())
@@ -523,15 +538,22 @@ fn destination_records(
     if tpl.count() == 0 {
         return Ok(0);
     }
+    // A partial answer would undercount: an error anywhere fails the whole
+    // count, and callers look again.
+    if layout.len() < topics.len() {
+        bail!("{} of {} topics known", layout.len(), topics.len());
+    }
     let ends = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
-    Ok(ends
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) if o > 0 => Some(o),
-            _ => None,
-        })
-        .sum())
+    let mut sum = 0;
+    for e in ends.elements() {
+        e.error()
+            .with_context(|| format!("end offset of {}[{}]", e.topic(), e.partition()))?;
+        match e.offset() {
+            Offset::Offset(o) => sum += o.max(0),
+            other => bail!("end offset of {}[{}]: {other:?}", e.topic(), e.partition()),
+        }
+    }
+    Ok(sum)
 }
 
 /// A plain HTTP/1.1 GET, for Strait's /status.
@@ -609,10 +631,24 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
         if count >= a.expect {
             // With --status-url, what the destination's end offsets add up to
             // (more than the records when transaction markers take offsets).
-            let destination_end_offsets = a
-                .status_url
-                .as_ref()
-                .and_then(|_| destination_records(&consumer, &a.topics, &mut layout).ok());
+            // Read committed, the end offsets reach the last records only once
+            // the coordinator has written the commit markers, which it does
+            // after answering the commit: look again for a while.
+            let destination_end_offsets = a.status_url.as_ref().and_then(|_| {
+                let mut last = None;
+                for attempt in 0..60 {
+                    if attempt > 0 {
+                        thread::sleep(Duration::from_millis(500));
+                    }
+                    last = destination_records(&consumer, &a.topics, &mut layout)
+                        .ok()
+                        .or(last);
+                    if last.is_some_and(|n| n > a.expect) {
+                        break;
+                    }
+                }
+                last
+            });
             let (first_ns, first_cpu, first_extra) = first.clone().unwrap_or((t, cpu, vec![]));
             let extra: Vec<Value> = a
                 .extra
@@ -665,6 +701,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
 
 // ---------------------------------------------------------------- latency
 
+#[allow(clippy::too_many_arguments)]
 fn latency(
     source: &str,
     dest: &str,
@@ -673,6 +710,7 @@ fn latency(
     seconds: u64,
     warmup: u64,
     size: usize,
+    samples: Option<&std::path::Path>,
 ) -> anyhow::Result<Value> {
     let size = size.max(8);
     // The replicator creates the destination topic; wait for it.
@@ -754,6 +792,7 @@ fn latency(
     };
 
     let mut latencies_us: Vec<u64> = Vec::with_capacity(total as usize);
+    let mut sent_ns: Vec<u64> = Vec::with_capacity(total as usize);
     let mut drain_deadline: Option<Instant> = None;
     loop {
         if !producing.load(Ordering::SeqCst) {
@@ -778,7 +817,15 @@ fn latency(
         };
         if sent >= warm_ns {
             latencies_us.push(arrived.saturating_sub(sent) / 1000);
+            sent_ns.push(sent);
         }
+    }
+    if let Some(path) = samples {
+        let mut out = String::with_capacity(sent_ns.len() * 28);
+        for (sent, us) in sent_ns.iter().zip(&latencies_us) {
+            out.push_str(&format!("{sent} {us}\n"));
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
     }
     let failed = producer_thread
         .join()
