@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
-use rdkafka::client::{Client, ClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -438,40 +438,19 @@ pub(crate) fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
 #[allow(clippy::result_large_err)]
 pub async fn send_waiting<'a, C, K, P>(
     producer: &ThreadedProducer<C>,
-    record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
 ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
 where
     C: ProducerContext + 'static,
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
-    // The producer's own thread serves its delivery reports.
-    send_waiting_with(producer.client(), record, |r| producer.send(r), || {}).await
-}
-
-/// [`send_waiting`] for any producer: `send` queues the record on it, and
-/// `when_full` runs before each wait on a full queue (a producer that no
-/// thread polls serves its delivery reports there: only that frees the queue).
-#[allow(clippy::result_large_err)]
-pub async fn send_waiting_with<'a, C, K, P, O>(
-    client: &Client<C>,
-    mut record: BaseRecord<'a, K, P, O>,
-    mut send: impl FnMut(BaseRecord<'a, K, P, O>) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>,
-    mut when_full: impl FnMut(),
-) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>
-where
-    C: ClientContext,
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-    O: rdkafka::util::IntoOpaque,
-{
     let mut metadata_refreshed = false;
     loop {
-        match send(record) {
+        match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                when_full();
                 tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
             }
             // The destination topic may have just gained partitions (the flow
@@ -485,7 +464,9 @@ where
                 metadata_refreshed = true;
                 record = back;
                 tracing::info!(destination_topic = record.topic, partition = record.partition.unwrap_or(-1), "partition unknown to the producer; refreshing the destination topic's metadata");
-                let _ = client.fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
+                let _ = producer
+                    .client()
+                    .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
             }
             Err(refused) => return Err(refused),
         }

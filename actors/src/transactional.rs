@@ -10,36 +10,25 @@
 //!
 //! librdkafka's transaction calls block up to their timeout, so they run on
 //! tokio's blocking pool, never on the arbiter (pitfall 12).
-//!
-//! The producer has no polling thread of its own: a flow of 1,000 partitions
-//! has 1,000 of these producers, and rdkafka's `ThreadedProducer` thread
-//! spins through the last millisecond of each 100 ms poll (its timeout is
-//! rounded down to whole milliseconds), which at that count took more CPU
-//! than the copying. Delivery reports matter only when a transaction ends,
-//! so they are served then (and while a full queue waits).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Header;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::batch::RecordView;
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::destination::{owned_headers, send_waiting_with};
+use crate::destination::{owned_headers, send_waiting};
 use crate::error::ReplicationError;
 use crate::offset_store::{StoredOffset, OFFSETS_TOPIC};
 use crate::spec::ClusterSpec;
 
 /// How long one transaction call may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How often delivery reports are served while a transaction ends.
-const REPORTS_POLL: Duration = Duration::from_millis(1);
 
 /// Collects delivery failures (by source offset) of the open transaction.
 pub struct TransactionContext {
@@ -97,11 +86,9 @@ fn is_fenced(error: &KafkaError) -> bool {
     )
 }
 
-type TxProducer = BaseProducer<TransactionContext>;
-
 /// One partition's transactional producer.
 pub struct TransactionalWriter {
-    producer: Arc<TxProducer>,
+    producer: Arc<ThreadedProducer<TransactionContext>>,
     cluster: String,
 }
 
@@ -111,7 +98,7 @@ impl TransactionalWriter {
         cluster: &ClusterSpec,
         transactional_id: String,
     ) -> Result<Self, ReplicationError> {
-        let producer: TxProducer = client_config(
+        let producer: ThreadedProducer<TransactionContext> = client_config(
             cluster,
             &[
                 ("queue.buffering.max.kbytes", "65536".into()),
@@ -180,7 +167,9 @@ impl TransactionalWriter {
         out.payload = record.value;
         out.timestamp = record.timestamp;
         out.headers = headers;
-        self.send_record(out).await.map_err(|(error, _)| error)
+        send_waiting(&self.producer, out)
+            .await
+            .map_err(|(error, _)| error)
     }
 
     /// Writes the offset-map entry and commits the transaction.
@@ -189,15 +178,11 @@ impl TransactionalWriter {
         let entry: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(OFFSETS_TOPIC, 0)
             .key(key)
             .payload(&value);
-        if let Err((e, _)) = self.send_record(entry).await {
+        if let Err((e, _)) = send_waiting(&self.producer, entry).await {
             return Err(self.abort(format!("writing the offset map: {e}")).await);
         }
         let producer = Arc::clone(&self.producer);
         let outcome = blocking(move || loop {
-            // rdkafka's `commit_transaction` flushes first, polling in 100 ms
-            // rounds that never end early; flushing here first leaves it
-            // nothing to wait for.
-            drain(&producer, TRANSACTION_TIMEOUT);
             match producer.commit_transaction(TRANSACTION_TIMEOUT) {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => continue,
@@ -226,12 +211,7 @@ impl TransactionalWriter {
     /// Aborts the open transaction.
     pub async fn abort(&self, reason: String) -> CommitError {
         let producer = Arc::clone(&self.producer);
-        let aborted = blocking(move || {
-            serving_reports(&producer, || {
-                producer.abort_transaction(TRANSACTION_TIMEOUT)
-            })
-        })
-        .await;
+        let aborted = blocking(move || producer.abort_transaction(TRANSACTION_TIMEOUT)).await;
         let refused = self.take_failures();
         match aborted {
             Ok(Ok(())) => CommitError::Aborted { reason, refused },
@@ -239,26 +219,6 @@ impl TransactionalWriter {
             Ok(Err(e)) => CommitError::Fatal(format!("{reason}; then abort failed: {e}")),
             Err(e) => CommitError::Fatal(e.to_string()),
         }
-    }
-
-    /// Queues a record, serving delivery reports while the queue is full.
-    #[allow(clippy::result_large_err)]
-    async fn send_record<'a, K, P>(
-        &self,
-        record: BaseRecord<'a, K, P, usize>,
-    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, usize>)>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        let producer = &self.producer;
-        send_waiting_with(
-            producer.client(),
-            record,
-            |r| producer.send(r),
-            || producer.poll(Duration::ZERO),
-        )
-        .await
     }
 
     fn take_failures(&self) -> Vec<(i64, KafkaError)> {
@@ -271,54 +231,6 @@ impl TransactionalWriter {
                 .unwrap_or_else(|e| e.into_inner()),
         )
     }
-}
-
-impl Drop for TransactionalWriter {
-    /// Closing a producer blocks (it flushes, then waits for its threads):
-    /// off the arbiter, so that stopping 1,000 copiers does not close 1,000
-    /// producers one after another on one thread.
-    fn drop(&mut self) {
-        let mut producer = Arc::clone(&self.producer);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // The last owner closes it: wait for this writer's own reference
-            // (and any transaction call still running) to go.
-            drop(runtime.spawn_blocking(move || loop {
-                match Arc::try_unwrap(producer) {
-                    Ok(last) => return drop(last),
-                    Err(shared) => producer = shared,
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }));
-        }
-    }
-}
-
-/// Serves delivery reports until every queued record is delivered or failed,
-/// or `timeout` passes. Polls without waiting: rdkafka's waiting poll spins
-/// through its last millisecond.
-fn drain(producer: &TxProducer, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while producer.flush(Duration::ZERO).is_err() && Instant::now() < deadline {
-        producer.poll(Duration::ZERO);
-        std::thread::sleep(REPORTS_POLL);
-    }
-}
-
-/// Runs `call` (which waits for the producer's queue to empty, as
-/// `abort_transaction` does) while another thread serves delivery reports.
-fn serving_reports<T>(producer: &TxProducer, call: impl FnOnce() -> T) -> T {
-    let done = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(REPORTS_POLL);
-            }
-        });
-        let out = call();
-        done.store(true, Ordering::Relaxed);
-        out
-    })
 }
 
 async fn blocking<T: Send + 'static>(
