@@ -11,7 +11,6 @@
 //! `{"flow": ..., "source_cluster": ..., "next_offset": N}`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
@@ -116,73 +115,6 @@ pub async fn ensure_internal_topic(
     Ok(())
 }
 
-/// The offset map of one flow, read once for all the copiers that ask at
-/// about the same time: on a flow of 1,000 partitions, one consumer reading
-/// the map once instead of 1,000 consumers each reading all of it (which
-/// swamped a single destination broker).
-///
-/// A copier asks after its `init_transactions` fenced the partition's older
-/// owner, and must see every entry committed before it asked; so an answer
-/// always comes from a read that began after the question.
-#[derive(Debug)]
-pub struct OffsetMapReader {
-    cluster: ClusterSpec,
-    group_id: String,
-    /// Questions asked so far; each question's number is its ticket.
-    asked: AtomicU64,
-    /// Reads done so far.
-    reads: AtomicU64,
-    last: tokio::sync::Mutex<LastRead>,
-}
-
-#[derive(Debug, Default)]
-struct LastRead {
-    /// The read began after every ticket up to this one was handed out.
-    covers: u64,
-    map: BTreeMap<(String, i32), i64>,
-}
-
-impl OffsetMapReader {
-    /// A reader of `group_id`'s entries on `cluster`; reads nothing yet.
-    pub fn new(cluster: ClusterSpec, group_id: String) -> Self {
-        Self {
-            cluster,
-            group_id,
-            asked: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            last: tokio::sync::Mutex::new(LastRead::default()),
-        }
-    }
-
-    /// The stored next offset of a source partition, if the map has one.
-    pub async fn next_offset(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<i64>, ReplicationError> {
-        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut last = self.last.lock().await;
-        if last.covers < ticket {
-            // Every ticket up to `covers` was handed out before this read starts.
-            let covers = self.asked.load(Ordering::SeqCst);
-            let (cluster, group) = (self.cluster.clone(), self.group_id.clone());
-            let map = tokio::task::spawn_blocking(move || read(&cluster, &group))
-                .await
-                .map_err(|_| ReplicationError::ActorGone {
-                    actor: "offset map reader",
-                })??;
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            *last = LastRead { covers, map };
-        }
-        Ok(last.map.get(&(topic.to_string(), partition)).copied())
-    }
-
-    /// How many times the map was read.
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::SeqCst)
-    }
-}
-
 /// Reads the committed offset map entries of `group_id`, keyed by (topic, partition).
 /// Blocking: call it off the arbiter. Only committed transactions are read.
 pub fn read(
@@ -194,23 +126,7 @@ pub fn read(
         bootstrap: cluster.bootstrap_servers().to_string(),
         source,
     };
-    let consumer: BaseConsumer<LoggingContext> = client_config(
-        cluster,
-        &[],
-        &[
-            ("isolation.level", "read_committed".to_string()),
-            ("enable.partition.eof", "false".to_string()),
-            ("enable.auto.commit", "false".to_string()),
-            ("group.id", format!("{group_id}.offsets-reader")),
-        ],
-    )
-    .create_with_context(LoggingContext {
-        cluster: cluster.alias.clone(),
-    })
-    .map_err(|source| ReplicationError::ClientCreation {
-        cluster: cluster.alias.clone(),
-        source,
-    })?;
+    let consumer = map_reader(cluster, group_id, "read_committed")?;
     let metadata = consumer
         .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(10))
         .map_err(unreachable)?;
@@ -228,21 +144,7 @@ pub fn read(
     // stopped short and answered with an older entry (records copied twice,
     // seen in the SIGKILL test). Reaching the high watermark read_committed
     // waits for those transactions to end instead.
-    let ends_client: BaseConsumer<LoggingContext> = client_config(
-        cluster,
-        &[],
-        &[
-            ("isolation.level", "read_uncommitted".to_string()),
-            ("group.id", format!("{group_id}.offsets-reader")),
-        ],
-    )
-    .create_with_context(LoggingContext {
-        cluster: cluster.alias.clone(),
-    })
-    .map_err(|source| ReplicationError::ClientCreation {
-        cluster: cluster.alias.clone(),
-        source,
-    })?;
+    let ends_client = map_reader(cluster, group_id, "read_uncommitted")?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..partitions {
@@ -299,6 +201,31 @@ pub fn read(
         }
     }
     Ok(stored)
+}
+
+/// A consumer of [`OFFSETS_TOPIC`] that joins no group and commits nothing.
+fn map_reader(
+    cluster: &ClusterSpec,
+    group_id: &str,
+    isolation_level: &str,
+) -> Result<BaseConsumer<LoggingContext>, ReplicationError> {
+    client_config(
+        cluster,
+        &[],
+        &[
+            ("isolation.level", isolation_level.to_string()),
+            ("enable.partition.eof", "false".to_string()),
+            ("enable.auto.commit", "false".to_string()),
+            ("group.id", format!("{group_id}.offsets-reader")),
+        ],
+    )
+    .create_with_context(LoggingContext {
+        cluster: cluster.alias.clone(),
+    })
+    .map_err(|source| ReplicationError::ClientCreation {
+        cluster: cluster.alias.clone(),
+        source,
+    })
 }
 
 /// True once the consumer's position (past any transaction markers) has
