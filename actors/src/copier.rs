@@ -27,7 +27,7 @@ use crate::destination::{self, Destination, WriteBatch};
 use crate::dispatcher::{Held, Inbox, Parcel};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
-use crate::offset_store::{self, StoredOffset};
+use crate::offset_store::{self, OffsetMapReader, StoredOffset};
 use crate::progress::Timing;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
@@ -57,6 +57,24 @@ pub struct ExactlyOnce {
     pub flow: String,
     /// The source cluster's alias, written into the offset map.
     pub source_cluster: String,
+    /// The flow's offset map, read once for copiers starting together.
+    pub offset_map: Arc<OffsetMapReader>,
+    /// Bounds how many copiers of the flow open their transactional
+    /// producer at once, so that a flow of 1,000 partitions does not send
+    /// 1,000 `InitProducerId` requests to one coordinator together.
+    pub opening: Arc<tokio::sync::Semaphore>,
+    /// Bounds how many copiers of the flow end a transaction at once. One
+    /// broker's transaction coordinator fell over (request time-outs, then
+    /// aborts and retries) when 1,000 copiers each committed every 100 ms;
+    /// a copier waiting here lets its next transaction grow instead.
+    pub ending: Arc<tokio::sync::Semaphore>,
+}
+
+impl ExactlyOnce {
+    /// Producers of one flow that may be opening at the same time.
+    pub const CONCURRENT_OPENS: usize = 32;
+    /// Transactions of one flow that may be ending at the same time.
+    pub const CONCURRENT_COMMITS: usize = 8;
 }
 
 /// Everything a copier needs; kept across restarts.
@@ -464,16 +482,20 @@ impl Reader {
         inbox: &mut Inbox,
     ) -> Result<(), ReplicationError> {
         let transactional_id = format!("{}.{}.{}", eos.group_id, self.topic, self.partition);
-        let writer = TransactionalWriter::open(&eos.destination, transactional_id).await?;
-        let (cluster, group) = (eos.destination.clone(), eos.group_id.clone());
-        let stored = tokio::task::spawn_blocking(move || offset_store::read(&cluster, &group))
-            .await
-            .map_err(|_| ReplicationError::ActorGone {
-                actor: "offset map reader",
-            })??;
-        let mut next = stored
-            .get(&(self.topic.to_string(), self.partition))
-            .copied();
+        let writer = {
+            let _permit = eos
+                .opening
+                .acquire()
+                .await
+                .map_err(|_| ReplicationError::ActorGone {
+                    actor: "exactly-once opening limit",
+                })?;
+            TransactionalWriter::open(&eos.destination, transactional_id).await?
+        };
+        let mut next = eos
+            .offset_map
+            .next_offset(&self.topic, self.partition)
+            .await?;
         match next {
             Some(offset) => {
                 self.status.progress.resume_at(offset);
@@ -569,7 +591,17 @@ impl Reader {
                 source_cluster: eos.source_cluster.clone(),
                 next_offset: last_offset + 1,
             };
-            match writer.commit(&key, &stored).await {
+            let committed = {
+                let _permit =
+                    eos.ending
+                        .acquire()
+                        .await
+                        .map_err(|_| ReplicationError::ActorGone {
+                            actor: "exactly-once commit limit",
+                        })?;
+                writer.commit(&key, &stored).await
+            };
+            match committed {
                 Ok(()) => {
                     self.status
                         .progress

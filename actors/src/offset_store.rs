@@ -11,6 +11,7 @@
 //! `{"flow": ..., "source_cluster": ..., "next_offset": N}`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
@@ -113,6 +114,73 @@ pub async fn ensure_internal_topic(
         }
     }
     Ok(())
+}
+
+/// The offset map of one flow, read once for all the copiers that ask at
+/// about the same time: on a flow of 1,000 partitions, one consumer reading
+/// the map once instead of 1,000 consumers each reading all of it (which
+/// swamped a single destination broker).
+///
+/// A copier asks after its `init_transactions` fenced the partition's older
+/// owner, and must see every entry committed before it asked; so an answer
+/// always comes from a read that began after the question.
+#[derive(Debug)]
+pub struct OffsetMapReader {
+    cluster: ClusterSpec,
+    group_id: String,
+    /// Questions asked so far; each question's number is its ticket.
+    asked: AtomicU64,
+    /// Reads done so far.
+    reads: AtomicU64,
+    last: tokio::sync::Mutex<LastRead>,
+}
+
+#[derive(Debug, Default)]
+struct LastRead {
+    /// The read began after every ticket up to this one was handed out.
+    covers: u64,
+    map: BTreeMap<(String, i32), i64>,
+}
+
+impl OffsetMapReader {
+    /// A reader of `group_id`'s entries on `cluster`; reads nothing yet.
+    pub fn new(cluster: ClusterSpec, group_id: String) -> Self {
+        Self {
+            cluster,
+            group_id,
+            asked: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(LastRead::default()),
+        }
+    }
+
+    /// The stored next offset of a source partition, if the map has one.
+    pub async fn next_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, ReplicationError> {
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = self.last.lock().await;
+        if last.covers < ticket {
+            // Every ticket up to `covers` was handed out before this read starts.
+            let covers = self.asked.load(Ordering::SeqCst);
+            let (cluster, group) = (self.cluster.clone(), self.group_id.clone());
+            let map = tokio::task::spawn_blocking(move || read(&cluster, &group))
+                .await
+                .map_err(|_| ReplicationError::ActorGone {
+                    actor: "offset map reader",
+                })??;
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            *last = LastRead { covers, map };
+        }
+        Ok(last.map.get(&(topic.to_string(), partition)).copied())
+    }
+
+    /// How many times the map was read.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
 }
 
 /// Reads the committed offset map entries of `group_id`, keyed by (topic, partition).

@@ -37,6 +37,7 @@ use crate::discovery::PartitionHistory;
 use crate::dispatcher::{self, BatchBudget, Command, Inbox, Routed, Routes};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels, PartitionMetrics};
+use crate::offset_store::OffsetMapReader;
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
 
@@ -379,6 +380,8 @@ pub struct Source {
     reader: Option<JoinHandle<()>>,
     committing: bool,
     stopping: bool,
+    /// Shared by the flow's copiers in exactly-once mode.
+    exactly_once: Option<ExactlyOnce>,
 }
 
 impl Source {
@@ -429,6 +432,18 @@ impl Source {
             budget.clone(),
             Arc::clone(&reader_stop),
         )?;
+        let exactly_once = (spec.delivery == Delivery::ExactlyOnce).then(|| ExactlyOnce {
+            destination: spec.destination.clone(),
+            group_id: spec.group_id.clone(),
+            flow: spec.name.clone(),
+            source_cluster: spec.source.alias.clone(),
+            offset_map: Arc::new(OffsetMapReader::new(
+                spec.destination.clone(),
+                spec.group_id.clone(),
+            )),
+            opening: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_OPENS)),
+            ending: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_COMMITS)),
+        });
         let source = Self {
             spec,
             flow,
@@ -441,6 +456,7 @@ impl Source {
             reader: Some(reader),
             committing: false,
             stopping: false,
+            exactly_once,
         };
         let addr = source.start();
         // Rebalance callbacks wait on the supervisor; there are none before
@@ -477,12 +493,7 @@ impl Source {
             status: Arc::clone(&status),
             tuning: self.spec.tuning.clone(),
             on_error: self.spec.on_error.clone(),
-            exactly_once: (self.spec.delivery == Delivery::ExactlyOnce).then(|| ExactlyOnce {
-                destination: self.spec.destination.clone(),
-                group_id: self.spec.group_id.clone(),
-                flow: self.spec.name.clone(),
-                source_cluster: self.spec.source.alias.clone(),
-            }),
+            exactly_once: self.exactly_once.clone(),
             injected_panic: injected_panic.clone(),
         });
         self.copiers.insert(
