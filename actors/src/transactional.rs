@@ -233,6 +233,32 @@ impl TransactionalWriter {
     }
 }
 
+impl Drop for TransactionalWriter {
+    /// Closing a producer blocks: it joins its polling thread (up to one
+    /// 100 ms poll), flushes and joins librdkafka's threads. Done on the
+    /// arbiter, 1,000 copiers stopping together closed 1,000 producers one
+    /// after another, over a minute in which no timer of the arbiter (not
+    /// even `shutdown_timeout`) could fire. On the blocking pool they close
+    /// side by side.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // outside a runtime the producer closes right here
+        };
+        let mut producer = Arc::clone(&self.producer);
+        drop(runtime.spawn_blocking(move || {
+            // The last owner closes it: a transaction call still running on
+            // the blocking pool holds a clone until it returns.
+            loop {
+                match Arc::try_unwrap(producer) {
+                    Ok(last) => return drop(last),
+                    Err(shared) => producer = shared,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ReplicationError> {
