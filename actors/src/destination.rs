@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -438,16 +438,34 @@ pub(crate) fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
 #[allow(clippy::result_large_err)]
 pub async fn send_waiting<'a, C, K, P>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
 ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
 where
     C: ProducerContext + 'static,
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
+    send_waiting_with(producer.client(), record, |r| producer.send(r)).await
+}
+
+/// [`send_waiting`] for any producer of `client`: `send` queues the record.
+/// Its delivery reports must be served elsewhere (only that frees a full
+/// queue).
+#[allow(clippy::result_large_err)]
+pub async fn send_waiting_with<'a, C, K, P, O>(
+    client: &Client<C>,
+    mut record: BaseRecord<'a, K, P, O>,
+    send: impl Fn(BaseRecord<'a, K, P, O>) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>,
+) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>
+where
+    C: ClientContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+    O: rdkafka::util::IntoOpaque,
+{
     let mut metadata_refreshed = false;
     loop {
-        match producer.send(record) {
+        match send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
@@ -464,9 +482,7 @@ where
                 metadata_refreshed = true;
                 record = back;
                 tracing::info!(destination_topic = record.topic, partition = record.partition.unwrap_or(-1), "partition unknown to the producer; refreshing the destination topic's metadata");
-                let _ = producer
-                    .client()
-                    .fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
+                let _ = client.fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
             }
             Err(refused) => return Err(refused),
         }

@@ -16,6 +16,10 @@
 //!   destination topics beside it.
 //! - [`flow`]: wires one flow together and turns topic events into actions.
 //!
+//! Exactly-once flows write through [`transactional`] (one transactional
+//! producer per partition, its delivery reports served by
+//! [`delivery_poller`]) and keep their positions in [`offset_store`].
+//!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
 //! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP
 //! endpoints report), [`metrics`] (metric names), [`error`].
@@ -23,6 +27,7 @@
 pub mod batch;
 pub mod client;
 pub mod copier;
+pub mod delivery_poller;
 pub mod destination;
 pub mod discovery;
 pub mod dispatcher;

@@ -415,7 +415,7 @@ pub struct PartitionMetrics {
 }
 
 impl PartitionMetrics {
-    /// Registers the metrics of `topic`[`partition`] of `flow`, read from the
+    /// Registers the metrics of partition `partition` of `topic` in `flow`, read from the
     /// cluster aliased `source_cluster`.
     pub fn new(flow: &str, source_cluster: &str, topic: &str, partition: i32) -> Self {
         let partition = partition.to_string();

@@ -9,20 +9,24 @@
 //! how far they reach (see [`crate::offset_store`]); they commit together.
 //!
 //! librdkafka's transaction calls block up to their timeout, so they run on
-//! tokio's blocking pool, never on the arbiter (pitfall 12).
+//! tokio's blocking pool, never on the arbiter (pitfall 12). The producers'
+//! delivery reports are served by one shared thread
+//! ([`crate::delivery_poller`]), not a thread per producer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Header;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::batch::RecordView;
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::destination::{owned_headers, send_waiting};
+use crate::delivery_poller::{serve_reports, Served};
+use crate::destination::{owned_headers, send_waiting_with};
 use crate::error::ReplicationError;
 use crate::offset_store::{StoredOffset, OFFSETS_TOPIC};
 use crate::spec::ClusterSpec;
@@ -76,19 +80,27 @@ pub enum CommitError {
 }
 
 fn is_fenced(error: &KafkaError) -> bool {
+    error.rdkafka_error_code().is_some_and(is_fencing)
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
     matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Fenced
-                | RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-        )
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
     )
 }
 
+/// A transactional producer without a polling thread of its own.
+pub(crate) type TxProducer = BaseProducer<TransactionContext>;
+
 /// One partition's transactional producer.
 pub struct TransactionalWriter {
-    producer: Arc<ThreadedProducer<TransactionContext>>,
+    producer: Arc<TxProducer>,
+    /// Keeps the shared thread serving the producer's delivery reports;
+    /// taken (and dropped before the producer) when the writer closes.
+    served: Option<Served>,
     cluster: String,
 }
 
@@ -98,7 +110,7 @@ impl TransactionalWriter {
         cluster: &ClusterSpec,
         transactional_id: String,
     ) -> Result<Self, ReplicationError> {
-        let producer: ThreadedProducer<TransactionContext> = client_config(
+        let producer: TxProducer = client_config(
             cluster,
             &[
                 ("queue.buffering.max.kbytes", "65536".into()),
@@ -120,6 +132,10 @@ impl TransactionalWriter {
             source,
         })?;
         let producer = Arc::new(producer);
+        let served = serve_reports(&producer).map_err(|e| ReplicationError::Transaction {
+            cluster: cluster.alias.clone(),
+            reason: format!("starting the delivery-report thread: {e}"),
+        })?;
         let init = Arc::clone(&producer);
         blocking(move || init.init_transactions(TRANSACTION_TIMEOUT))
             .await?
@@ -129,6 +145,7 @@ impl TransactionalWriter {
             })?;
         Ok(Self {
             producer,
+            served: Some(served),
             cluster: cluster.alias.clone(),
         })
     }
@@ -167,7 +184,7 @@ impl TransactionalWriter {
         out.payload = record.value;
         out.timestamp = record.timestamp;
         out.headers = headers;
-        send_waiting(&self.producer, out)
+        send_waiting_with(self.producer.client(), out, |r| self.producer.send(r))
             .await
             .map_err(|(error, _)| error)
     }
@@ -178,16 +195,18 @@ impl TransactionalWriter {
         let entry: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(OFFSETS_TOPIC, 0)
             .key(key)
             .payload(&value);
-        if let Err((e, _)) = send_waiting(&self.producer, entry).await {
+        if let Err((e, _)) =
+            send_waiting_with(self.producer.client(), entry, |r| self.producer.send(r)).await
+        {
             return Err(self.abort(format!("writing the offset map: {e}")).await);
         }
         let producer = Arc::clone(&self.producer);
         let outcome = blocking(move || loop {
-            match producer.commit_transaction(TRANSACTION_TIMEOUT) {
+            match commit_transaction(&producer, TRANSACTION_TIMEOUT) {
                 Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() => continue,
-                Err(e) if is_fenced(&e) => return Err(CommitError::Fenced(e.to_string())),
-                Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                Err(e) if e.retriable => continue,
+                Err(e) if is_fencing(e.code) => return Err(CommitError::Fenced(e.to_string())),
+                Err(e) if e.requires_abort => {
                     return Err(CommitError::Aborted {
                         reason: e.to_string(),
                         refused: Vec::new(),
@@ -234,8 +253,8 @@ impl TransactionalWriter {
 }
 
 impl Drop for TransactionalWriter {
-    /// Closing a producer blocks: it joins its polling thread (up to one
-    /// 100 ms poll), flushes and joins librdkafka's threads. Done on the
+    /// Closing a producer blocks: it flushes and joins librdkafka's
+    /// threads. Done on the
     /// arbiter, 1,000 copiers stopping together closed 1,000 producers one
     /// after another, over a minute in which no timer of the arbiter (not
     /// even `shutdown_timeout`) could fire. On the blocking pool they close
@@ -245,17 +264,71 @@ impl Drop for TransactionalWriter {
             return; // outside a runtime the producer closes right here
         };
         let mut producer = Arc::clone(&self.producer);
+        let served = self.served.take();
         drop(runtime.spawn_blocking(move || {
             // The last owner closes it: a transaction call still running on
             // the blocking pool holds a clone until it returns.
             loop {
                 match Arc::try_unwrap(producer) {
-                    Ok(last) => return drop(last),
+                    Ok(last) => {
+                        // Stop serving its reports first: the shared thread
+                        // must not touch a destroyed producer's queue.
+                        drop(served);
+                        return drop(last);
+                    }
                     Err(shared) => producer = shared,
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
         }));
+    }
+}
+
+/// A failed transaction call, as librdkafka describes it.
+#[derive(Debug)]
+struct TxnError {
+    code: RDKafkaErrorCode,
+    message: String,
+    retriable: bool,
+    requires_abort: bool,
+}
+
+impl std::fmt::Display for TxnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.message, self.code)
+    }
+}
+
+/// `rd_kafka_commit_transaction`, called directly. rdkafka's
+/// `commit_transaction` flushes first by polling in 100 ms rounds that never
+/// end early, so every commit took at least 100 ms (most of an exactly-once
+/// flow's latency, and the whole time a commit slot was held). librdkafka's
+/// own commit waits for the queued records' delivery reports, which the
+/// shared thread serves as they arrive.
+fn commit_transaction(producer: &TxProducer, timeout: Duration) -> Result<(), TxnError> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the producer is alive for the call; the returned error (if
+    // any) is ours, read and then destroyed once.
+    unsafe {
+        let error = rdsys::rd_kafka_commit_transaction(producer.client().native_ptr(), millis);
+        if error.is_null() {
+            return Ok(());
+        }
+        let message = rdsys::rd_kafka_error_string(error);
+        let failed = TxnError {
+            code: RDKafkaErrorCode::from(rdsys::rd_kafka_error_code(error)),
+            message: if message.is_null() {
+                "unknown error".to_string()
+            } else {
+                std::ffi::CStr::from_ptr(message)
+                    .to_string_lossy()
+                    .into_owned()
+            },
+            retriable: rdsys::rd_kafka_error_is_retriable(error) != 0,
+            requires_abort: rdsys::rd_kafka_error_txn_requires_abort(error) != 0,
+        };
+        rdsys::rd_kafka_error_destroy(error);
+        Err(failed)
     }
 }
 

@@ -1,0 +1,170 @@
+//! Transactional writers on librdkafka's mock cluster: their delivery reports
+//! are served by one shared thread, not a polling thread per producer.
+//! librdkafka's commit waits until every record's report is served, so
+//! without that thread no commit here would return before its 60 s timeout.
+//! (The exactly-once fault tests in the root crate run the whole path
+//! against real Kafka.)
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::mocking::MockCluster;
+use strait_actors::batch::Batch;
+use strait_actors::offset_store::{StoredOffset, OFFSETS_TOPIC};
+use strait_actors::transactional::TransactionalWriter;
+use strait_actors::ClusterSpec;
+
+const WRITERS: i32 = 20;
+const RECORDS: i64 = 50;
+
+fn cluster(bootstrap: &str) -> ClusterSpec {
+    ClusterSpec {
+        alias: "dst".to_string(),
+        properties: BTreeMap::from([("bootstrap.servers".to_string(), bootstrap.to_string())]),
+    }
+}
+
+fn batch(partition: i32) -> Batch {
+    let mut batch = Batch::with_capacity(RECORDS as usize, 64 * RECORDS as usize);
+    for offset in 0..RECORDS {
+        batch.push(&OwnedMessage::new(
+            Some(format!("value {offset}").into_bytes()),
+            Some(format!("key {partition}").into_bytes()),
+            "events".to_string(),
+            Timestamp::CreateTime(1_700_000_000_000 + offset),
+            partition,
+            offset,
+            None,
+        ));
+    }
+    batch
+}
+
+/// Names of this process's threads (`comm`, at most 15 bytes).
+fn thread_names() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        panic!("this test reads /proc/self/task (Linux)");
+    };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
+#[test]
+fn writers_commit_with_their_reports_served_by_one_shared_thread() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("events", WRITERS, 1).expect("topic");
+    mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
+    let spec = cluster(&mock.bootstrap_servers());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Failures come out of the runtime before they are asserted: a commit
+    // that never returns keeps retrying on the blocking pool, and dropping
+    // the runtime would wait for it.
+    let outcome: Result<(), String> = runtime.block_on(async {
+        let mut writers = Vec::new();
+        for p in 0..WRITERS {
+            let writer = TransactionalWriter::open(&spec, format!("strait.mock.events.{p}"))
+                .await
+                .expect("open");
+            writers.push(writer);
+        }
+        let names = thread_names();
+        let polling: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("producer pollin"))
+            .collect();
+        assert!(
+            polling.is_empty(),
+            "{} producers should have no polling thread each: {polling:?}",
+            WRITERS
+        );
+        let shared = names
+            .iter()
+            .filter(|n| n.as_str() == "strait-delivery")
+            .count();
+        assert_eq!(shared, 1, "one shared delivery-report thread: {names:?}");
+
+        // Two rounds, so that a writer's second transaction is served too.
+        for round in 0..2 {
+            let commits: Vec<_> = writers
+                .iter()
+                .enumerate()
+                .map(|(p, writer)| async move {
+                    let p = p as i32;
+                    writer.begin().expect("begin");
+                    let records = batch(p);
+                    for record in records.iter() {
+                        writer
+                            .send("events", Some(p), &record, &[])
+                            .await
+                            .expect("send");
+                    }
+                    let stored = StoredOffset {
+                        flow: "mock".into(),
+                        source_cluster: "src".into(),
+                        next_offset: (round + 1) * RECORDS,
+                    };
+                    let key = format!("strait.mock/events/{p}");
+                    match tokio::time::timeout(
+                        Duration::from_secs(120),
+                        writer.commit(&key, &stored),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(format!("partition {p}: {e:?}")),
+                        Err(_) => Err(format!("partition {p}: commit never returned")),
+                    }
+                })
+                .collect();
+            let failed: Vec<String> = futures::future::join_all(commits)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if !failed.is_empty() {
+                return Err(format!("round {round}: {failed:?}"));
+            }
+        }
+
+        // Writers that close stop being served; the others still commit.
+        let kept = writers.split_off(WRITERS as usize / 2);
+        drop(writers);
+        for (i, writer) in kept.iter().enumerate() {
+            let p = WRITERS / 2 + i as i32;
+            writer.begin().expect("begin");
+            for record in batch(p).iter() {
+                writer
+                    .send("events", Some(p), &record, &[])
+                    .await
+                    .expect("send");
+            }
+            let stored = StoredOffset {
+                flow: "mock".into(),
+                source_cluster: "src".into(),
+                next_offset: 3 * RECORDS,
+            };
+            match tokio::time::timeout(
+                Duration::from_secs(120),
+                writer.commit(&format!("k{p}"), &stored),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("partition {p} after half closed: {e:?}")),
+                Err(_) => return Err(format!("partition {p} after half closed: no answer")),
+            }
+        }
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Err(failed) = outcome {
+        panic!("{failed}");
+    }
+}
