@@ -490,7 +490,12 @@ impl Reader {
                 .map_err(|_| ReplicationError::ActorGone {
                     actor: "exactly-once opening limit",
                 })?;
-            TransactionalWriter::open(&eos.destination, transactional_id).await?
+            TransactionalWriter::open(
+                &eos.destination,
+                transactional_id,
+                self.tuning.transaction_interval,
+            )
+            .await?
         };
         let mut next = eos
             .offset_map

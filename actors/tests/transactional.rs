@@ -1,7 +1,8 @@
 //! Transactional writers on librdkafka's mock cluster: their delivery reports
-//! are served by one shared thread, not a polling thread per producer.
-//! librdkafka's commit waits until every record's report is served, so
-//! without that thread no commit here would return before its 60 s timeout.
+//! are served by one shared thread, not a polling thread per producer
+//! (librdkafka's commit waits until every record's report is served, so
+//! without that thread no commit here would return before its 60 s timeout),
+//! and a writer keeps at most one `batch.size` of records unacknowledged.
 //! (The exactly-once fault tests in the root crate run the whole path
 //! against real Kafka.)
 
@@ -23,6 +24,13 @@ fn cluster(bootstrap: &str) -> ClusterSpec {
         alias: "dst".to_string(),
         properties: BTreeMap::from([("bootstrap.servers".to_string(), bootstrap.to_string())]),
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn batch(partition: i32) -> Batch {
@@ -59,19 +67,20 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
     mock.create_topic("events", WRITERS, 1).expect("topic");
     mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
     let spec = cluster(&mock.bootstrap_servers());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     // Failures come out of the runtime before they are asserted: a commit
     // that never returns keeps retrying on the blocking pool, and dropping
     // the runtime would wait for it.
     let outcome: Result<(), String> = runtime.block_on(async {
         let mut writers = Vec::new();
         for p in 0..WRITERS {
-            let writer = TransactionalWriter::open(&spec, format!("strait.mock.events.{p}"))
-                .await
-                .expect("open");
+            let writer = TransactionalWriter::open(
+                &spec,
+                format!("strait.mock.events.{p}"),
+                Duration::from_millis(100),
+            )
+            .await
+            .expect("open");
             writers.push(writer);
         }
         let names = thread_names();
@@ -167,4 +176,83 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
     if let Err(failed) = outcome {
         panic!("{failed}");
     }
+}
+
+#[test]
+fn a_writer_queues_at_most_one_batch_size_of_unacknowledged_bytes() {
+    // Each record is 15 bytes of key and value; a batch is 400 bytes.
+    const BATCH: usize = 400;
+    const RECORD: usize = 15;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("events", 1, 1).expect("topic");
+    mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
+    let mut spec = cluster(&mock.bootstrap_servers());
+    spec.properties
+        .insert("batch.size".to_string(), BATCH.to_string());
+    let runtime = runtime();
+    let outcome: Result<usize, String> = runtime.block_on(async {
+        let writer = TransactionalWriter::open(
+            &spec,
+            "strait.mock.paced".into(),
+            Duration::from_millis(100),
+        )
+        .await
+        .map_err(|e| format!("open: {e}"))?;
+        // Answers slower than the sends: without the bound, all 2,000 bytes
+        // would be queued long before the first acknowledgement.
+        mock.broker_round_trip_time(1, Duration::from_millis(100))
+            .map_err(|e| format!("round trip: {e}"))?;
+        writer.begin().map_err(|e| format!("begin: {e}"))?;
+        let mut most = 0;
+        let mut batch = Batch::with_capacity(125, 125 * RECORD);
+        for offset in 0..125i64 {
+            batch.push(&OwnedMessage::new(
+                Some(format!("value-{offset:04}").into_bytes()),
+                Some(b"key-0".to_vec()),
+                "events".to_string(),
+                Timestamp::CreateTime(1_700_000_000_000 + offset),
+                0,
+                offset,
+                None,
+            ));
+        }
+        for record in batch.iter() {
+            assert_eq!(
+                record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len),
+                RECORD
+            );
+            writer
+                .send("events", Some(0), &record, &[])
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            most = most.max(writer.unacked_bytes());
+        }
+        let stored = StoredOffset {
+            flow: "mock".into(),
+            source_cluster: "src".into(),
+            next_offset: 125,
+        };
+        match tokio::time::timeout(Duration::from_secs(120), writer.commit("k", &stored)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("commit: {e:?}")),
+            Err(_) => return Err("commit: no answer".into()),
+        }
+        if writer.unacked_bytes() != 0 {
+            return Err(format!(
+                "{} bytes unacknowledged after the commit",
+                writer.unacked_bytes()
+            ));
+        }
+        Ok(most)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let most = outcome.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        most < BATCH + RECORD,
+        "at most one batch.size ({BATCH}) plus one record unacknowledged, saw {most}"
+    );
+    assert!(
+        most >= BATCH,
+        "the bound was never reached (saw {most}): the test shows nothing"
+    );
 }
