@@ -62,7 +62,13 @@ impl Entry {
     fn drain(&self) {
         self.woken.store(false, Ordering::Release);
         let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some(queue), Some(producer)) = (queue.as_ref(), self.producer.upgrade()) else {
+        // Upgraded only while the lock is held and the entry is open: once
+        // `close` returns, this thread holds no reference to the producer,
+        // so it is never the one left to destroy it.
+        let Some(queue) = queue.as_ref() else {
+            return;
+        };
+        let Some(producer) = self.producer.upgrade() else {
             return;
         };
         // `poll(ZERO)` serves at most one report event (a batch of records).

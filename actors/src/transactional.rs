@@ -361,33 +361,41 @@ impl TransactionalWriter {
 
 impl Drop for TransactionalWriter {
     /// Closing a producer blocks: it flushes and joins librdkafka's
-    /// threads. Done on the
-    /// arbiter, 1,000 copiers stopping together closed 1,000 producers one
-    /// after another, over a minute in which no timer of the arbiter (not
-    /// even `shutdown_timeout`) could fire. On the blocking pool they close
-    /// side by side.
+    /// threads. Done on the arbiter, 1,000 copiers stopping together closed
+    /// 1,000 producers one after another, over a minute in which no timer
+    /// of the arbiter (not even `shutdown_timeout`) could fire. On the
+    /// blocking pool they close side by side.
     fn drop(&mut self) {
+        let mut closing = Closing {
+            served: self.served.take(),
+            producer: Arc::clone(&self.producer),
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // outside a runtime the producer closes right here
         };
-        let mut producer = Arc::clone(&self.producer);
-        let served = self.served.take();
         drop(runtime.spawn_blocking(move || {
             // The last owner closes it: a transaction call still running on
             // the blocking pool holds a clone until it returns.
-            loop {
-                match Arc::try_unwrap(producer) {
-                    Ok(last) => {
-                        // Stop serving its reports first: the shared thread
-                        // must not touch a destroyed producer's queue.
-                        drop(served);
-                        return drop(last);
-                    }
-                    Err(shared) => producer = shared,
-                }
+            while Arc::strong_count(&closing.producer) > 1 {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            closing.close();
         }));
+    }
+}
+
+/// A producer on its way out, and its registration with the shared
+/// delivery-report thread.
+struct Closing {
+    // Fields drop in this order: the shared thread must stop touching the
+    // producer's queue before the producer is destroyed.
+    served: Option<Served>,
+    producer: Arc<TxProducer>,
+}
+
+impl Closing {
+    fn close(&mut self) {
+        drop(self.served.take());
     }
 }
 

@@ -618,6 +618,17 @@ fn bad_durations() {
         &["flows[0].commit_interval", "\"0s\"", "longer than zero"],
     );
     let msg = error(&with_flow(&format!(
+        "{EAST_TO_CENTRAL}\ntransaction_interval = \"45s\""
+    )));
+    assert_mentions(
+        &msg,
+        &[
+            "flows[0].transaction_interval",
+            "\"45s\"",
+            "at most \"30s\"",
+        ],
+    );
+    let msg = error(&with_flow(&format!(
         "{EAST_TO_CENTRAL}\ntopic_refresh_interval = \"5 parsecs\""
     )));
     assert_mentions(

@@ -133,6 +133,9 @@ fn log(log: &LogConfig) -> Result<LogSettings, ConfigError> {
     })
 }
 
+/// Longest `transaction_interval`: well inside the 60 s transaction timeout.
+const MAX_TRANSACTION_INTERVAL: Duration = Duration::from_secs(30);
+
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(
@@ -371,6 +374,19 @@ fn flow_spec(
         ("transaction_interval", flow.transaction_interval),
     ] {
         positive(&k(field), value)?;
+    }
+    // The destination aborts a transaction open longer than its
+    // `transaction.timeout.ms` (Strait sets 60 s); a transaction stays open
+    // for up to this interval, then commits.
+    if flow.transaction_interval > MAX_TRANSACTION_INTERVAL {
+        return Err(ConfigError::invalid(
+            k("transaction_interval"),
+            format!(
+                "\"{}\" is too long; must be at most \"{}\" (the destination aborts transactions open longer than 60s)",
+                humantime::format_duration(flow.transaction_interval),
+                humantime::format_duration(MAX_TRANSACTION_INTERVAL)
+            ),
+        ));
     }
     if flow.restart_backoff_max < flow.restart_backoff_initial {
         return Err(ConfigError::invalid(
