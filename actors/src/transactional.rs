@@ -272,10 +272,7 @@ impl TransactionalWriter {
         P: rdkafka::message::ToBytes + ?Sized,
     {
         let context = self.producer.context();
-        loop {
-            if context.unacked.load(Ordering::Acquire) < context.pace_bytes {
-                break;
-            }
+        while context.unacked.load(Ordering::Acquire) >= context.pace_bytes {
             let acked = context.acked.notified();
             tokio::pin!(acked);
             acked.as_mut().enable();
@@ -366,8 +363,8 @@ impl Drop for TransactionalWriter {
     /// of the arbiter (not even `shutdown_timeout`) could fire. On the
     /// blocking pool they close side by side.
     fn drop(&mut self) {
-        let mut closing = Closing {
-            served: self.served.take(),
+        let closing = Closing {
+            _served: self.served.take(),
             producer: Arc::clone(&self.producer),
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -379,7 +376,7 @@ impl Drop for TransactionalWriter {
             while Arc::strong_count(&closing.producer) > 1 {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            closing.close();
+            drop(closing);
         }));
     }
 }
@@ -387,16 +384,11 @@ impl Drop for TransactionalWriter {
 /// A producer on its way out, and its registration with the shared
 /// delivery-report thread.
 struct Closing {
-    // Fields drop in this order: the shared thread must stop touching the
-    // producer's queue before the producer is destroyed.
-    served: Option<Served>,
+    // Held for their drops, which run in field order: the shared thread
+    // must stop touching the producer's queue before the producer is
+    // destroyed.
+    _served: Option<Served>,
     producer: Arc<TxProducer>,
-}
-
-impl Closing {
-    fn close(&mut self) {
-        drop(self.served.take());
-    }
 }
 
 /// A failed transaction call, as librdkafka describes it.

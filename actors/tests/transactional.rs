@@ -49,6 +49,42 @@ fn batch(partition: i32) -> Batch {
     batch
 }
 
+/// Commits `writer`'s open transaction, with the offset-map entry saying
+/// `next_offset`; the error says why not, or that it never returned.
+async fn commit(writer: &TransactionalWriter, key: &str, next_offset: i64) -> Result<(), String> {
+    let stored = StoredOffset {
+        flow: "mock".into(),
+        source_cluster: "src".into(),
+        next_offset,
+    };
+    match tokio::time::timeout(Duration::from_secs(120), writer.commit(key, &stored)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{key}: {e:?}")),
+        Err(_) => Err(format!("{key}: commit never returned")),
+    }
+}
+
+/// One transaction holding `batch(partition)`.
+async fn copy_batch(
+    writer: &TransactionalWriter,
+    partition: i32,
+    next_offset: i64,
+) -> Result<(), String> {
+    writer.begin().map_err(|e| format!("begin: {e}"))?;
+    for record in batch(partition).iter() {
+        writer
+            .send("events", Some(partition), &record, &[])
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    commit(
+        writer,
+        &format!("strait.mock/events/{partition}"),
+        next_offset,
+    )
+    .await
+}
+
 /// Names of this process's threads (`comm`, at most 15 bytes).
 fn thread_names() -> Vec<String> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -104,33 +140,7 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
             let commits: Vec<_> = writers
                 .iter()
                 .enumerate()
-                .map(|(p, writer)| async move {
-                    let p = p as i32;
-                    writer.begin().expect("begin");
-                    let records = batch(p);
-                    for record in records.iter() {
-                        writer
-                            .send("events", Some(p), &record, &[])
-                            .await
-                            .expect("send");
-                    }
-                    let stored = StoredOffset {
-                        flow: "mock".into(),
-                        source_cluster: "src".into(),
-                        next_offset: (round + 1) * RECORDS,
-                    };
-                    let key = format!("strait.mock/events/{p}");
-                    match tokio::time::timeout(
-                        Duration::from_secs(120),
-                        writer.commit(&key, &stored),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(format!("partition {p}: {e:?}")),
-                        Err(_) => Err(format!("partition {p}: commit never returned")),
-                    }
-                })
+                .map(|(p, writer)| copy_batch(writer, p as i32, (round + 1) * RECORDS))
                 .collect();
             let failed: Vec<String> = futures::future::join_all(commits)
                 .await
@@ -147,28 +157,9 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
         drop(writers);
         for (i, writer) in kept.iter().enumerate() {
             let p = WRITERS / 2 + i as i32;
-            writer.begin().expect("begin");
-            for record in batch(p).iter() {
-                writer
-                    .send("events", Some(p), &record, &[])
-                    .await
-                    .expect("send");
-            }
-            let stored = StoredOffset {
-                flow: "mock".into(),
-                source_cluster: "src".into(),
-                next_offset: 3 * RECORDS,
-            };
-            match tokio::time::timeout(
-                Duration::from_secs(120),
-                writer.commit(&format!("k{p}"), &stored),
-            )
-            .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("partition {p} after half closed: {e:?}")),
-                Err(_) => return Err(format!("partition {p} after half closed: no answer")),
-            }
+            copy_batch(writer, p, 3 * RECORDS)
+                .await
+                .map_err(|e| format!("after half the writers closed: {e}"))?;
         }
         Ok(())
     });
@@ -227,16 +218,7 @@ fn a_writer_queues_at_most_one_batch_size_of_unacknowledged_bytes() {
                 .map_err(|e| format!("send: {e}"))?;
             most = most.max(writer.unacked_bytes());
         }
-        let stored = StoredOffset {
-            flow: "mock".into(),
-            source_cluster: "src".into(),
-            next_offset: 125,
-        };
-        match tokio::time::timeout(Duration::from_secs(120), writer.commit("k", &stored)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("commit: {e:?}")),
-            Err(_) => return Err("commit: no answer".into()),
-        }
+        commit(&writer, "k", 125).await?;
         if writer.unacked_bytes() != 0 {
             return Err(format!(
                 "{} bytes unacknowledged after the commit",
