@@ -35,6 +35,10 @@ struct HeaderSlot {
     value: Option<Range<usize>>,
 }
 
+/// The widest framing of one header in a produce request: its name and
+/// value lengths as varints.
+pub const HEADER_OVERHEAD: usize = 10;
+
 /// One record of a batch, borrowed from it.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordView<'a> {
@@ -66,6 +70,25 @@ impl<'a> RecordView<'a> {
     /// Number of headers.
     pub fn header_count(&self) -> usize {
         self.headers.len()
+    }
+
+    /// The most bytes this record can take in a produce request (record
+    /// format v2): its key, value and headers, plus the largest varint
+    /// framing, as librdkafka counts it when it fills a request.
+    pub fn wire_size(&self) -> usize {
+        /// Length, attributes, timestamp and offset deltas, key and value
+        /// lengths and header count, each at its widest
+        /// (librdkafka's `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`).
+        const RECORD_OVERHEAD: usize = 36;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| HEADER_OVERHEAD + h.name.len() + h.value.as_ref().map_or(0, Range::len))
+            .sum();
+        RECORD_OVERHEAD
+            + self.key.map_or(0, <[u8]>::len)
+            + self.value.map_or(0, <[u8]>::len)
+            + headers
     }
 }
 
@@ -295,5 +318,29 @@ mod tests {
         );
         assert_eq!(headers[1].1, None);
         assert_eq!(headers[2].0, "other");
+    }
+
+    #[test]
+    fn wire_size_counts_key_value_headers_and_their_framing() {
+        let mut b = Batch::with_capacity(2, 64);
+        b.push(&message(1, Some(b"key"), Some(b"value")));
+        b.push(&OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            2,
+            None,
+        ));
+        let recs: Vec<_> = b.iter().collect();
+        // Headers: "h" with 4 bytes, "h" with none, "other" with "x".
+        let headers = (10 + 1 + 4) + (10 + 1) + (10 + 5 + 1);
+        assert_eq!(recs[0].wire_size(), 36 + 3 + 5 + headers);
+        assert_eq!(
+            recs[1].wire_size(),
+            36,
+            "a tombstone with no key is framing only"
+        );
     }
 }

@@ -36,7 +36,14 @@ pub fn client_config(
         }
         config.set(*k, v.as_str());
     }
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's own `debug` contexts log at debug level: let them through
+    // when asked for.
+    let level = if cluster.properties.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    };
+    config.set_log_level(level);
     config
 }
 

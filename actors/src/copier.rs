@@ -473,8 +473,9 @@ impl Reader {
     }
 
     /// Exactly-once: records and the offset map entry go out in one
-    /// transaction per run of records (at most `transaction_max_records`, open
-    /// at most `transaction_interval`). Reading resumes where the offset map
+    /// transaction per run of records (at most `transaction_max_records` and
+    /// one produce request's worth, open at most `transaction_interval`).
+    /// Reading resumes where the offset map
     /// says, after `init_transactions` has fenced any older owner.
     async fn run_exactly_once(
         self,
@@ -490,12 +491,7 @@ impl Reader {
                 .map_err(|_| ReplicationError::ActorGone {
                     actor: "exactly-once opening limit",
                 })?;
-            TransactionalWriter::open(
-                &eos.destination,
-                transactional_id,
-                self.tuning.transaction_interval,
-            )
-            .await?
+            TransactionalWriter::open(&eos.destination, transactional_id).await?
         };
         let mut next = eos
             .offset_map
@@ -514,7 +510,7 @@ impl Reader {
         // Offsets to pass over (skip) or redirect (dead letter) after the
         // destination refused them for good and the transaction was aborted.
         let mut refused: BTreeMap<i64, String> = BTreeMap::new();
-        // What a transaction full at `transaction_max_records` left of a batch.
+        // What a full transaction left of a batch.
         let mut carried: Option<Parcel> = None;
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -546,7 +542,10 @@ impl Reader {
             let (mut last_offset, mut last_timestamp) = (first_offset, None);
             let (mut records, mut bytes) = (0usize, 0usize);
             loop {
-                let room = self.tuning.transaction_max_records.max(1) - records;
+                // A transaction ends when it is full: at `transaction_max_records`,
+                // or at what one produce request carries (see `transactional`).
+                let room = (self.tuning.transaction_max_records.max(1) - records)
+                    .min(writer.room(&parcel.batch));
                 if parcel.batch.len() > room {
                     let rest = parcel.batch.split_off(room);
                     let held = parcel.held.split(rest.bytes());

@@ -8,12 +8,20 @@
 //! transaction holds a run of copied records and the offset-map entry saying
 //! how far they reach (see [`crate::offset_store`]); they commit together.
 //!
+//! A transaction holds at most what one produce request carries
+//! ([`TransactionalWriter::room`]), and its records leave when it commits.
+//! This is for librdkafka (2.12): an idempotent producer has at most one
+//! request in flight per partition (it counts the records in flight against
+//! the limit of five requests), and while records wait behind that request,
+//! ready to go, its broker thread polls without sleeping. A commit that had
+//! to send more than one request's worth kept the thread spinning until the
+//! first request was answered: on 1,000 partitions, most of the machine.
+//!
 //! librdkafka's transaction calls block up to their timeout, so they run on
 //! tokio's blocking pool, never on the arbiter (pitfall 12). The producers'
 //! delivery reports are served by one shared thread
 //! ([`crate::delivery_poller`]), not a thread per producer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,10 +29,10 @@ use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message};
+use rdkafka::message::Header;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::batch::RecordView;
+use crate::batch::{Batch, RecordView, HEADER_OVERHEAD};
 use crate::client::{client_config, log_client_error, log_client_event};
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{owned_headers, send_waiting_with};
@@ -35,45 +43,40 @@ use crate::spec::ClusterSpec;
 /// How long one transaction call may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The producer's `linger.ms`: longer than a transaction, so that records
-/// leave in full batches (`batch.size`) or when the commit flushes them,
-/// never while an earlier request of the partition is still unanswered
-/// (see [`TransactionalWriter::queue`]). A record is not visible before its
-/// commit, so waiting costs no latency. Below `message.timeout.ms`, which
-/// librdkafka caps at `transaction.timeout.ms` (60 s).
-fn linger(transaction_interval: Duration) -> Duration {
-    (transaction_interval * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+/// The producer's `linger.ms`: records wait for the commit, which sends them
+/// in one request (see the module comment). Were they to leave earlier, the
+/// records written after them would wait behind that request at the commit.
+/// A record is not visible before its commit, so waiting costs no latency.
+/// Longer than any transaction (`transaction_interval` is at most 30 s), and
+/// below `message.timeout.ms`, which librdkafka caps at
+/// `transaction.timeout.ms` (60 s).
+const LINGER: Duration = Duration::from_secs(30);
+
+/// librdkafka's defaults for `batch.size` and `message.max.bytes`: the most
+/// bytes one produce request carries for one partition is the smaller.
+const DEFAULT_REQUEST_BYTES: usize = 1_000_000;
+
+/// librdkafka's default `batch.num.messages`: the most records one produce
+/// request carries for one partition.
+const DEFAULT_REQUEST_RECORDS: usize = 10_000;
+
+/// Room in a request for what precedes the records: the request header with
+/// the client and transactional ids, the topic name (at most 249 bytes) and
+/// the record batch header (61 bytes).
+const REQUEST_HEADER_BYTES: usize = 1024;
+
+/// What one produce request can carry, and how much of it the open
+/// transaction has taken.
+#[derive(Debug)]
+struct Fill {
+    bytes: usize,
+    records: usize,
 }
 
-/// librdkafka's default `batch.size`: the most one produce request carries
-/// for one partition.
-const DEFAULT_BATCH_BYTES: usize = 1_000_000;
-
-/// Collects delivery failures (by source offset) of the open transaction,
-/// and counts the bytes queued but not yet acknowledged.
+/// Collects delivery failures (by source offset) of the open transaction.
 pub struct TransactionContext {
     cluster: String,
     failures: Mutex<Vec<(i64, KafkaError)>>,
-    /// Key and value bytes sent and not yet reported delivered or failed.
-    unacked: AtomicUsize,
-    /// At most this many unacknowledged bytes before `send` waits.
-    pace_bytes: usize,
-    /// Woken when `unacked` falls below `pace_bytes`.
-    acked: tokio::sync::Notify,
-}
-
-impl TransactionContext {
-    /// Reports one record's outcome: it no longer counts as unacknowledged.
-    fn settled(&self, bytes: usize) {
-        let before = self.unacked.fetch_sub(bytes, Ordering::AcqRel);
-        if before >= self.pace_bytes && before - bytes < self.pace_bytes {
-            self.acked.notify_waiters();
-        }
-    }
-}
-
-fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>) -> usize {
-    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)
 }
 
 impl ClientContext for TransactionContext {
@@ -90,16 +93,33 @@ impl ProducerContext for TransactionContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, offset: usize) {
-        let message = match result {
-            Ok(message) | Err((_, message)) => message,
-        };
-        self.settled(record_bytes(message.key(), message.payload()));
         if let Err((error, _)) = result {
             self.failures
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((offset as i64, error.clone()));
         }
+    }
+}
+
+/// What one produce request of `cluster`'s producers carries for one
+/// partition: the smaller of `batch.size` and `message.max.bytes`, less the
+/// request header, and `batch.num.messages` records.
+fn request_capacity(cluster: &ClusterSpec, transactional_id: &str) -> Fill {
+    let property = |key: &str, default: usize| {
+        cluster
+            .properties
+            .get(key)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let client_id = cluster.properties.get("client.id").map_or(16, String::len);
+    let bytes = property("batch.size", DEFAULT_REQUEST_BYTES)
+        .min(property("message.max.bytes", DEFAULT_REQUEST_BYTES))
+        .saturating_sub(REQUEST_HEADER_BYTES + client_id + transactional_id.len());
+    Fill {
+        bytes,
+        records: property("batch.num.messages", DEFAULT_REQUEST_RECORDS).max(1),
     }
 }
 
@@ -142,15 +162,17 @@ pub struct TransactionalWriter {
     /// taken (and dropped before the producer) when the writer closes.
     served: Option<Served>,
     cluster: String,
+    /// What one produce request carries.
+    capacity: Fill,
+    /// What the open transaction has sent so far (an upper bound).
+    filled: Mutex<Fill>,
 }
 
 impl TransactionalWriter {
     /// Creates the producer and fences any older owner of `transactional_id`.
-    /// Transactions last at most `transaction_interval`.
     pub async fn open(
         cluster: &ClusterSpec,
         transactional_id: String,
-        transaction_interval: Duration,
     ) -> Result<Self, ReplicationError> {
         // Creating a client starts its threads and takes milliseconds: off
         // the arbiter, where 1,000 copiers opening producers held everything
@@ -159,10 +181,7 @@ impl TransactionalWriter {
             cluster,
             &[
                 ("queue.buffering.max.kbytes", "65536".into()),
-                (
-                    "linger.ms",
-                    linger(transaction_interval).as_millis().to_string(),
-                ),
+                ("linger.ms", LINGER.as_millis().to_string()),
                 ("transaction.timeout.ms", "60000".into()),
             ],
             &[
@@ -171,17 +190,10 @@ impl TransactionalWriter {
                 ("acks", "all".into()),
             ],
         );
+        let capacity = request_capacity(cluster, &transactional_id);
         let context = TransactionContext {
             cluster: cluster.alias.clone(),
             failures: Mutex::new(Vec::new()),
-            unacked: AtomicUsize::new(0),
-            pace_bytes: cluster
-                .properties
-                .get("batch.size")
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(DEFAULT_BATCH_BYTES)
-                .max(1),
-            acked: tokio::sync::Notify::new(),
         };
         let producer: TxProducer = blocking(move || config.create_with_context(context))
             .await?
@@ -205,17 +217,45 @@ impl TransactionalWriter {
             producer,
             served: Some(served),
             cluster: cluster.alias.clone(),
+            capacity,
+            filled: Mutex::new(Fill {
+                bytes: 0,
+                records: 0,
+            }),
         })
     }
 
-    /// Key and value bytes queued and not yet acknowledged: at most
-    /// `batch.size` plus one record (see [`Self::queue`]).
-    pub fn unacked_bytes(&self) -> usize {
-        self.producer.context().unacked.load(Ordering::Acquire)
+    /// How many of `batch`'s first records the open transaction still has
+    /// room for: what one produce request carries, counting what the
+    /// transaction has sent. An empty transaction takes at least one record,
+    /// however large (librdkafka sends it alone).
+    pub fn room(&self, batch: &Batch) -> usize {
+        let filled = self.filled();
+        let (mut bytes, mut records) = (filled.bytes, filled.records);
+        let mut room = 0;
+        for record in batch.iter() {
+            let size = record.wire_size();
+            let fits = bytes + size <= self.capacity.bytes && records < self.capacity.records;
+            if !fits && records > 0 {
+                break;
+            }
+            bytes += size;
+            records += 1;
+            room += 1;
+        }
+        room
+    }
+
+    fn filled(&self) -> std::sync::MutexGuard<'_, Fill> {
+        self.filled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts a transaction (a local call).
     pub fn begin(&self) -> Result<(), ReplicationError> {
+        *self.filled() = Fill {
+            bytes: 0,
+            records: 0,
+        };
         self.producer
             .begin_transaction()
             .map_err(|e| ReplicationError::Transaction {
@@ -226,7 +266,8 @@ impl TransactionalWriter {
 
     /// Queues a copy of a source record, waiting while the producer's queue is
     /// full. `partition: None` lets the producer choose (dead-letter topics);
-    /// `extra_headers` are appended after the record's own.
+    /// `extra_headers` are appended after the record's own. The caller keeps
+    /// within [`Self::room`].
     pub async fn send(
         &self,
         topic: &str,
@@ -248,20 +289,19 @@ impl TransactionalWriter {
         out.payload = record.value;
         out.timestamp = record.timestamp;
         out.headers = headers;
+        let extra: usize = extra_headers
+            .iter()
+            .map(|(k, v)| HEADER_OVERHEAD + k.len() + v.len())
+            .sum();
+        {
+            let mut filled = self.filled();
+            filled.bytes += record.wire_size() + extra;
+            filled.records += 1;
+        }
         self.queue(out).await.map_err(|(error, _)| error)
     }
 
-    /// Queues a record once fewer than one produce request's worth of bytes
-    /// (`batch.size`) are unacknowledged, and waits while the producer's
-    /// queue is full.
-    ///
-    /// The pacing is for librdkafka (2.12): an idempotent producer sends one
-    /// request at a time per partition, and while it waits for the answer
-    /// with more records ready behind it, its broker thread polls without
-    /// sleeping. Copying a backlog on 1,000 partitions, that spinning took
-    /// most of the machine. With this bound and the long linger, a partition
-    /// has at most one request's worth of records queued or in flight, so
-    /// nothing waits behind a request.
+    /// Queues a record, waiting while the producer's queue is full.
     #[allow(clippy::result_large_err)]
     async fn queue<'a, K, P>(
         &self,
@@ -271,28 +311,7 @@ impl TransactionalWriter {
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
-        let context = self.producer.context();
-        while context.unacked.load(Ordering::Acquire) >= context.pace_bytes {
-            let acked = context.acked.notified();
-            tokio::pin!(acked);
-            acked.as_mut().enable();
-            if context.unacked.load(Ordering::Acquire) < context.pace_bytes {
-                break;
-            }
-            acked.await;
-        }
-        let bytes = record_bytes(
-            record.key.map(|k| k.to_bytes()),
-            record.payload.map(|p| p.to_bytes()),
-        );
-        // Counted before the send: its report may come before `send` returns.
-        context.unacked.fetch_add(bytes, Ordering::AcqRel);
-        let sent =
-            send_waiting_with(self.producer.client(), record, |r| self.producer.send(r)).await;
-        if sent.is_err() {
-            context.settled(bytes);
-        }
-        sent
+        send_waiting_with(self.producer.client(), record, |r| self.producer.send(r)).await
     }
 
     /// Writes the offset-map entry and commits the transaction.

@@ -2,11 +2,12 @@
 //! are served by one shared thread, not a polling thread per producer
 //! (librdkafka's commit waits until every record's report is served, so
 //! without that thread no commit here would return before its 60 s timeout),
-//! and a writer keeps at most one `batch.size` of records unacknowledged.
+//! and a transaction holds at most what one produce request carries.
 //! (The exactly-once fault tests in the root crate run the whole path
 //! against real Kafka.)
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::{OwnedMessage, Timestamp};
@@ -110,13 +111,9 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
     let outcome: Result<(), String> = runtime.block_on(async {
         let mut writers = Vec::new();
         for p in 0..WRITERS {
-            let writer = TransactionalWriter::open(
-                &spec,
-                format!("strait.mock.events.{p}"),
-                Duration::from_millis(100),
-            )
-            .await
-            .expect("open");
+            let writer = TransactionalWriter::open(&spec, format!("strait.mock.events.{p}"))
+                .await
+                .expect("open");
             writers.push(writer);
         }
         let names = thread_names();
@@ -169,36 +166,85 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
     }
 }
 
+/// Keeps the messages of `debug` events from clusters named `cluster`
+/// (librdkafka's log lines come from its own threads, so the subscriber is
+/// global; other tests' clusters have other names).
+struct Capture {
+    cluster: &'static str,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+struct Fields {
+    cluster: String,
+    message: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "cluster" {
+            self.cluster = value.to_string();
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.cluster == self.cluster {
+            self.lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(fields.message);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// What librdkafka logs (with `debug=msg`) when the records queued for a
+/// partition are more than one produce request carries.
+const SPLIT: &str = "No more space in current MessageSet";
+
 #[test]
-fn a_writer_queues_at_most_one_batch_size_of_unacknowledged_bytes() {
-    // Each record is 15 bytes of key and value; a batch is 400 bytes.
-    const BATCH: usize = 400;
-    const RECORD: usize = 15;
+fn a_transaction_holds_what_one_produce_request_carries() {
+    // Each record is 5 bytes of key, 40 of value and 36 of framing; a
+    // request carries 4,000 bytes.
+    const RECORDS: i64 = 200;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    tracing::subscriber::set_global_default(Capture {
+        cluster: "one-request",
+        lines: Arc::clone(&lines),
+    })
+    .expect("the only test here that sets a subscriber");
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic("events", 1, 1).expect("topic");
     mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
     let mut spec = cluster(&mock.bootstrap_servers());
+    spec.alias = "one-request".to_string();
     spec.properties
-        .insert("batch.size".to_string(), BATCH.to_string());
-    let runtime = runtime();
-    let outcome: Result<usize, String> = runtime.block_on(async {
-        let writer = TransactionalWriter::open(
-            &spec,
-            "strait.mock.paced".into(),
-            Duration::from_millis(100),
-        )
-        .await
-        .map_err(|e| format!("open: {e}"))?;
-        // Answers slower than the sends: without the bound, all 2,000 bytes
-        // would be queued long before the first acknowledgement.
-        mock.broker_round_trip_time(1, Duration::from_millis(100))
-            .map_err(|e| format!("round trip: {e}"))?;
-        writer.begin().map_err(|e| format!("begin: {e}"))?;
-        let mut most = 0;
-        let mut batch = Batch::with_capacity(125, 125 * RECORD);
-        for offset in 0..125i64 {
-            batch.push(&OwnedMessage::new(
-                Some(format!("value-{offset:04}").into_bytes()),
+        .insert("batch.size".to_string(), "4000".to_string());
+    spec.properties
+        .insert("debug".to_string(), "msg".to_string());
+    let records = || {
+        let mut records = Batch::with_capacity(RECORDS as usize, 64 * RECORDS as usize);
+        for offset in 0..RECORDS {
+            records.push(&OwnedMessage::new(
+                Some(vec![b'v'; 40]),
                 Some(b"key-0".to_vec()),
                 "events".to_string(),
                 Timestamp::CreateTime(1_700_000_000_000 + offset),
@@ -207,34 +253,106 @@ fn a_writer_queues_at_most_one_batch_size_of_unacknowledged_bytes() {
                 None,
             ));
         }
-        for record in batch.iter() {
-            assert_eq!(
-                record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len),
-                RECORD
-            );
+        records
+    };
+    let split = || {
+        lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|line| line.contains(SPLIT))
+            .count()
+    };
+    let runtime = runtime();
+    let outcome: Result<(usize, usize, usize), String> = runtime.block_on(async {
+        let writer = TransactionalWriter::open(&spec, "strait.mock.one-request".into())
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        // Transactions as a copier makes them: each as full as `room` allows.
+        let mut left = records();
+        let mut transactions = 0;
+        while !left.is_empty() {
+            writer.begin().map_err(|e| format!("begin: {e}"))?;
+            let room = writer.room(&left);
+            let rest = left.split_off(room);
+            for record in left.iter() {
+                writer
+                    .send("events", Some(0), &record, &[])
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+            }
+            let next = left.next_offset().unwrap_or(0);
+            commit(&writer, "k", next).await?;
+            transactions += 1;
+            left = rest;
+        }
+        let split_within_room = split();
+        // The same records in one transaction: the check below can fail.
+        writer.begin().map_err(|e| format!("begin: {e}"))?;
+        for record in records().iter() {
             writer
                 .send("events", Some(0), &record, &[])
                 .await
                 .map_err(|e| format!("send: {e}"))?;
-            most = most.max(writer.unacked_bytes());
         }
-        commit(&writer, "k", 125).await?;
-        if writer.unacked_bytes() != 0 {
-            return Err(format!(
-                "{} bytes unacknowledged after the commit",
-                writer.unacked_bytes()
-            ));
-        }
-        Ok(most)
+        commit(&writer, "k", RECORDS).await?;
+        Ok((transactions, split_within_room, split()))
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let most = outcome.unwrap_or_else(|e| panic!("{e}"));
+    let (transactions, split_within_room, split_all) = outcome.unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        most < BATCH + RECORD,
-        "at most one batch.size ({BATCH}) plus one record unacknowledged, saw {most}"
+        transactions > 1,
+        "{RECORDS} records of 81 bytes should not fit one 4,000-byte request"
+    );
+    assert_eq!(
+        split_within_room, 0,
+        "a transaction within `room` left in one request each"
     );
     assert!(
-        most >= BATCH,
-        "the bound was never reached (saw {most}): the test shows nothing"
+        split_all > 0,
+        "all {RECORDS} records in one transaction should need more than one request \
+         (else this test shows nothing)"
     );
+}
+
+#[test]
+fn an_empty_transaction_takes_one_record_larger_than_a_request() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("events", 1, 1).expect("topic");
+    let mut spec = cluster(&mock.bootstrap_servers());
+    spec.properties
+        .insert("batch.size".to_string(), "4000".to_string());
+    let mut records = Batch::with_capacity(2, 20_000);
+    for offset in 0..2 {
+        records.push(&OwnedMessage::new(
+            Some(vec![b'v'; 8_000]),
+            None,
+            "events".to_string(),
+            Timestamp::CreateTime(1_700_000_000_000 + offset),
+            0,
+            offset,
+            None,
+        ));
+    }
+    let runtime = runtime();
+    let rooms: Result<(usize, usize), String> = runtime.block_on(async {
+        let writer = TransactionalWriter::open(&spec, "strait.mock.large".into())
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        writer.begin().map_err(|e| format!("begin: {e}"))?;
+        let empty = writer.room(&records);
+        let first = records.iter().next().ok_or("no record")?;
+        writer
+            .send("events", Some(0), &first, &[])
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        Ok((empty, writer.room(&records)))
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let (empty, after_one) = rooms.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        empty, 1,
+        "an empty transaction takes the first record alone"
+    );
+    assert_eq!(after_one, 0, "and then nothing more");
 }
