@@ -473,9 +473,9 @@ impl Reader {
     }
 
     /// Exactly-once: records and the offset map entry go out in one
-    /// transaction per run of records (at most `transaction_max_records` and
-    /// one produce request's worth, open at most `transaction_interval`).
-    /// Reading resumes where the offset map
+    /// transaction per run of records (at most `transaction_max_records`, open
+    /// at most `transaction_interval`), sent one produce request's worth at a
+    /// time. Reading resumes where the offset map
     /// says, after `init_transactions` has fenced any older owner.
     async fn run_exactly_once(
         self,
@@ -510,7 +510,7 @@ impl Reader {
         // Offsets to pass over (skip) or redirect (dead letter) after the
         // destination refused them for good and the transaction was aborted.
         let mut refused: BTreeMap<i64, String> = BTreeMap::new();
-        // What a full transaction left of a batch.
+        // What a transaction full at `transaction_max_records` left of a batch.
         let mut carried: Option<Parcel> = None;
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -542,10 +542,7 @@ impl Reader {
             let (mut last_offset, mut last_timestamp) = (first_offset, None);
             let (mut records, mut bytes) = (0usize, 0usize);
             loop {
-                // A transaction ends when it is full: at `transaction_max_records`,
-                // or at what one produce request carries (see `transactional`).
-                let room = (self.tuning.transaction_max_records.max(1) - records)
-                    .min(writer.room(&parcel.batch));
+                let room = self.tuning.transaction_max_records.max(1) - records;
                 if parcel.batch.len() > room {
                     let rest = parcel.batch.split_off(room);
                     let held = parcel.held.split(rest.bytes());
@@ -557,6 +554,10 @@ impl Reader {
                 }
                 for record in parcel.batch.iter() {
                     self.inject_panic_at(record.offset);
+                    // One produce request's worth at a time (see `transactional`).
+                    if !writer.fits(&record) {
+                        writer.flush().await?;
+                    }
                     self.write_exactly_once(&writer, &record, &refused, &eos)
                         .await?;
                     records += 1;

@@ -8,14 +8,16 @@
 //! transaction holds a run of copied records and the offset-map entry saying
 //! how far they reach (see [`crate::offset_store`]); they commit together.
 //!
-//! A transaction holds at most what one produce request carries
-//! ([`TransactionalWriter::room`]), and its records leave when it commits.
-//! This is for librdkafka (2.12): an idempotent producer has at most one
-//! request in flight per partition (it counts the records in flight against
-//! the limit of five requests), and while records wait behind that request,
-//! ready to go, its broker thread polls without sleeping. A commit that had
-//! to send more than one request's worth kept the thread spinning until the
-//! first request was answered: on 1,000 partitions, most of the machine.
+//! Records leave one produce request's worth at a time: the writer queues at
+//! most what one request carries ([`TransactionalWriter::fits`]), then
+//! sends it and waits for the answer ([`TransactionalWriter::flush`]) or
+//! commits. This is for librdkafka (2.12): an idempotent producer has at
+//! most one request in flight per partition (it counts the records in flight
+//! against the limit of five requests), and while records wait behind that
+//! request, ready to go, its broker thread polls without sleeping. A commit
+//! that had to send more than one request's worth kept the thread spinning
+//! until the first request was answered: on 1,000 partitions, most of the
+//! machine.
 //!
 //! librdkafka's transaction calls block up to their timeout, so they run on
 //! tokio's blocking pool, never on the arbiter (pitfall 12). The producers'
@@ -32,7 +34,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Header;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::batch::{Batch, RecordView, HEADER_OVERHEAD};
+use crate::batch::{RecordView, HEADER_OVERHEAD};
 use crate::client::{client_config, log_client_error, log_client_event};
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{owned_headers, send_waiting_with};
@@ -225,25 +227,30 @@ impl TransactionalWriter {
         })
     }
 
-    /// How many of `batch`'s first records the open transaction still has
-    /// room for: what one produce request carries, counting what the
-    /// transaction has sent. An empty transaction takes at least one record,
-    /// however large (librdkafka sends it alone).
-    pub fn room(&self, batch: &Batch) -> usize {
+    /// Whether `record` still goes out in the same produce request as what
+    /// was queued since the transaction began or was last flushed. The
+    /// first record always does, however large (librdkafka sends it alone).
+    pub fn fits(&self, record: &RecordView<'_>) -> bool {
         let filled = self.filled();
-        let (mut bytes, mut records) = (filled.bytes, filled.records);
-        let mut room = 0;
-        for record in batch.iter() {
-            let size = record.wire_size();
-            let fits = bytes + size <= self.capacity.bytes && records < self.capacity.records;
-            if !fits && records > 0 {
-                break;
-            }
-            bytes += size;
-            records += 1;
-            room += 1;
-        }
-        room
+        filled.records == 0
+            || (filled.bytes + record.wire_size() <= self.capacity.bytes
+                && filled.records < self.capacity.records)
+    }
+
+    /// Sends what is queued and waits until the destination acknowledged it;
+    /// the transaction stays open.
+    pub async fn flush(&self) -> Result<(), ReplicationError> {
+        let producer = Arc::clone(&self.producer);
+        let flushed = blocking(move || flush(&producer, TRANSACTION_TIMEOUT)).await?;
+        flushed.map_err(|e| ReplicationError::Transaction {
+            cluster: self.cluster.clone(),
+            reason: format!("flushing the open transaction: {e}"),
+        })?;
+        *self.filled() = Fill {
+            bytes: 0,
+            records: 0,
+        };
+        Ok(())
     }
 
     fn filled(&self) -> std::sync::MutexGuard<'_, Fill> {
@@ -266,8 +273,8 @@ impl TransactionalWriter {
 
     /// Queues a copy of a source record, waiting while the producer's queue is
     /// full. `partition: None` lets the producer choose (dead-letter topics);
-    /// `extra_headers` are appended after the record's own. The caller keeps
-    /// within [`Self::room`].
+    /// `extra_headers` are appended after the record's own. The caller
+    /// flushes first when the record no longer [fits](Self::fits).
     pub async fn send(
         &self,
         topic: &str,
@@ -422,6 +429,19 @@ struct TxnError {
 impl std::fmt::Display for TxnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({:?})", self.message, self.code)
+    }
+}
+
+/// librdkafka's `rd_kafka_flush`: the records leave at once, and the call
+/// returns when all are acknowledged (the shared thread serves the reports).
+/// rdkafka's `flush` would poll in 100 ms rounds that never end early.
+fn flush(producer: &TxProducer, timeout: Duration) -> Result<(), RDKafkaErrorCode> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client pointer is valid while `producer` is borrowed.
+    let code = unsafe { rdsys::rd_kafka_flush(producer.client().native_ptr(), millis) };
+    match RDKafkaErrorCode::from(code) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        error => Err(error),
     }
 }
 

@@ -2,7 +2,7 @@
 //! are served by one shared thread, not a polling thread per producer
 //! (librdkafka's commit waits until every record's report is served, so
 //! without that thread no commit here would return before its 60 s timeout),
-//! and a transaction holds at most what one produce request carries.
+//! and records leave one produce request's worth at a time.
 //! (The exactly-once fault tests in the root crate run the whole path
 //! against real Kafka.)
 
@@ -221,10 +221,10 @@ impl tracing::Subscriber for Capture {
 const SPLIT: &str = "No more space in current MessageSet";
 
 #[test]
-fn a_transaction_holds_what_one_produce_request_carries() {
+fn records_leave_one_produce_request_at_a_time() {
     // Each record is 5 bytes of key, 40 of value and 36 of framing; a
     // request carries 4,000 bytes.
-    const RECORDS: i64 = 200;
+    const RECORDS: i64 = 400;
     let lines = Arc::new(Mutex::new(Vec::new()));
     tracing::subscriber::set_global_default(Capture {
         cluster: "one-request",
@@ -268,25 +268,22 @@ fn a_transaction_holds_what_one_produce_request_carries() {
         let writer = TransactionalWriter::open(&spec, "strait.mock.one-request".into())
             .await
             .map_err(|e| format!("open: {e}"))?;
-        // Transactions as a copier makes them: each as full as `room` allows.
-        let mut left = records();
-        let mut transactions = 0;
-        while !left.is_empty() {
-            writer.begin().map_err(|e| format!("begin: {e}"))?;
-            let room = writer.room(&left);
-            let rest = left.split_off(room);
-            for record in left.iter() {
-                writer
-                    .send("events", Some(0), &record, &[])
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
+        // As a copier writes: flushing whenever the next record would not
+        // go out in the same request.
+        let mut flushes = 0;
+        writer.begin().map_err(|e| format!("begin: {e}"))?;
+        for record in records().iter() {
+            if !writer.fits(&record) {
+                writer.flush().await.map_err(|e| format!("flush: {e}"))?;
+                flushes += 1;
             }
-            let next = left.next_offset().unwrap_or(0);
-            commit(&writer, "k", next).await?;
-            transactions += 1;
-            left = rest;
+            writer
+                .send("events", Some(0), &record, &[])
+                .await
+                .map_err(|e| format!("send: {e}"))?;
         }
-        let split_within_room = split();
+        commit(&writer, "k", RECORDS).await?;
+        let split_when_flushed = split();
         // The same records in one transaction: the check below can fail.
         writer.begin().map_err(|e| format!("begin: {e}"))?;
         for record in records().iter() {
@@ -295,30 +292,31 @@ fn a_transaction_holds_what_one_produce_request_carries() {
                 .await
                 .map_err(|e| format!("send: {e}"))?;
         }
-        commit(&writer, "k", RECORDS).await?;
-        Ok((transactions, split_within_room, split()))
+        commit(&writer, "k", 2 * RECORDS).await?;
+        Ok((flushes, split_when_flushed, split()))
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let (transactions, split_within_room, split_all) = outcome.unwrap_or_else(|e| panic!("{e}"));
+    let (flushes, split_when_flushed, split_unflushed) = outcome.unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        transactions > 1,
+        flushes > 1,
         "{RECORDS} records of 81 bytes should not fit one 4,000-byte request"
     );
     assert_eq!(
-        split_within_room, 0,
-        "a transaction within `room` left in one request each"
+        split_when_flushed, 0,
+        "what was queued between flushes left in one request each time"
     );
     assert!(
-        split_all > 0,
-        "all {RECORDS} records in one transaction should need more than one request \
+        split_unflushed > 0,
+        "all {RECORDS} records queued at once should need more than one request \
          (else this test shows nothing)"
     );
 }
 
 #[test]
-fn an_empty_transaction_takes_one_record_larger_than_a_request() {
+fn the_first_record_after_a_flush_fits_however_large() {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic("events", 1, 1).expect("topic");
+    mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
     let mut spec = cluster(&mock.bootstrap_servers());
     spec.properties
         .insert("batch.size".to_string(), "4000".to_string());
@@ -335,24 +333,31 @@ fn an_empty_transaction_takes_one_record_larger_than_a_request() {
         ));
     }
     let runtime = runtime();
-    let rooms: Result<(usize, usize), String> = runtime.block_on(async {
+    let fits: Result<[bool; 3], String> = runtime.block_on(async {
         let writer = TransactionalWriter::open(&spec, "strait.mock.large".into())
             .await
             .map_err(|e| format!("open: {e}"))?;
         writer.begin().map_err(|e| format!("begin: {e}"))?;
-        let empty = writer.room(&records);
-        let first = records.iter().next().ok_or("no record")?;
+        let mut iter = records.iter();
+        let first = iter.next().ok_or("no record")?;
+        let second = iter.next().ok_or("no record")?;
+        let empty = writer.fits(&first);
         writer
             .send("events", Some(0), &first, &[])
             .await
             .map_err(|e| format!("send: {e}"))?;
-        Ok((empty, writer.room(&records)))
+        let after_one = writer.fits(&second);
+        writer.flush().await.map_err(|e| format!("flush: {e}"))?;
+        let after_flush = writer.fits(&second);
+        commit(&writer, "k", 1).await?;
+        Ok([empty, after_one, after_flush])
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let (empty, after_one) = rooms.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        empty, 1,
-        "an empty transaction takes the first record alone"
+    let [empty, after_one, after_flush] = fits.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        empty,
+        "an empty request takes the first record, however large"
     );
-    assert_eq!(after_one, 0, "and then nothing more");
+    assert!(!after_one, "and then nothing more");
+    assert!(after_flush, "after a flush, the next record fits again");
 }
