@@ -475,8 +475,8 @@ impl Reader {
     /// Exactly-once: records and the offset map entry go out in one
     /// transaction per run of records (at most `transaction_max_records`, open
     /// at most `transaction_interval`), sent one produce request's worth at a
-    /// time. Reading resumes where the offset map
-    /// says, after `init_transactions` has fenced any older owner.
+    /// time. Reading resumes where the offset map says, after
+    /// `init_transactions` has fenced any older owner.
     async fn run_exactly_once(
         self,
         eos: ExactlyOnce,

@@ -45,9 +45,9 @@ use crate::spec::ClusterSpec;
 /// How long one transaction call may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The producer's `linger.ms`: records wait for the commit, which sends them
-/// in one request (see the module comment). Were they to leave earlier, the
-/// records written after them would wait behind that request at the commit.
+/// The producer's `linger.ms`: records wait for a flush or the commit, which
+/// sends them in one request (see the module comment). Were they to leave
+/// earlier, the records written after them would wait behind that request.
 /// A record is not visible before its commit, so waiting costs no latency.
 /// Longer than any transaction (`transaction_interval` is at most 30 s), and
 /// below `message.timeout.ms`, which librdkafka caps at
@@ -67,9 +67,9 @@ const DEFAULT_REQUEST_RECORDS: usize = 10_000;
 /// the record batch header (61 bytes).
 const REQUEST_HEADER_BYTES: usize = 1024;
 
-/// What one produce request can carry, and how much of it the open
-/// transaction has taken.
-#[derive(Debug)]
+/// What one produce request can carry, or how much of it the records queued
+/// since the last flush (or the transaction's start) take.
+#[derive(Debug, Default)]
 struct Fill {
     bytes: usize,
     records: usize,
@@ -220,10 +220,7 @@ impl TransactionalWriter {
             served: Some(served),
             cluster: cluster.alias.clone(),
             capacity,
-            filled: Mutex::new(Fill {
-                bytes: 0,
-                records: 0,
-            }),
+            filled: Mutex::default(),
         })
     }
 
@@ -246,10 +243,7 @@ impl TransactionalWriter {
             cluster: self.cluster.clone(),
             reason: format!("flushing the open transaction: {e}"),
         })?;
-        *self.filled() = Fill {
-            bytes: 0,
-            records: 0,
-        };
+        *self.filled() = Fill::default();
         Ok(())
     }
 
@@ -259,10 +253,7 @@ impl TransactionalWriter {
 
     /// Starts a transaction (a local call).
     pub fn begin(&self) -> Result<(), ReplicationError> {
-        *self.filled() = Fill {
-            bytes: 0,
-            records: 0,
-        };
+        *self.filled() = Fill::default();
         self.producer
             .begin_transaction()
             .map_err(|e| ReplicationError::Transaction {
@@ -436,13 +427,17 @@ impl std::fmt::Display for TxnError {
 /// returns when all are acknowledged (the shared thread serves the reports).
 /// rdkafka's `flush` would poll in 100 ms rounds that never end early.
 fn flush(producer: &TxProducer, timeout: Duration) -> Result<(), RDKafkaErrorCode> {
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the client pointer is valid while `producer` is borrowed.
-    let code = unsafe { rdsys::rd_kafka_flush(producer.client().native_ptr(), millis) };
+    let code = unsafe { rdsys::rd_kafka_flush(producer.client().native_ptr(), millis(timeout)) };
     match RDKafkaErrorCode::from(code) {
         RDKafkaErrorCode::NoError => Ok(()),
         error => Err(error),
     }
+}
+
+/// A timeout as librdkafka takes it.
+fn millis(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// `rd_kafka_commit_transaction`, called directly. rdkafka's
@@ -452,11 +447,11 @@ fn flush(producer: &TxProducer, timeout: Duration) -> Result<(), RDKafkaErrorCod
 /// own commit waits for the queued records' delivery reports, which the
 /// shared thread serves as they arrive.
 fn commit_transaction(producer: &TxProducer, timeout: Duration) -> Result<(), TxnError> {
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the producer is alive for the call; the returned error (if
     // any) is ours, read and then destroyed once.
     unsafe {
-        let error = rdsys::rd_kafka_commit_transaction(producer.client().native_ptr(), millis);
+        let error =
+            rdsys::rd_kafka_commit_transaction(producer.client().native_ptr(), millis(timeout));
         if error.is_null() {
             return Ok(());
         }
