@@ -23,6 +23,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
+use strait_actors::topic_admin::{FailureKind, Layout, TopicAdmin, TopicPlan};
+use strait_actors::ClusterSpec;
 
 use support::cluster::KafkaCluster;
 use support::records::{
@@ -336,6 +338,66 @@ fn created_topic_has_source_partitions_and_config_overrides_but_not_excluded_con
         Some(1.0)
     );
     strait.stop();
+}
+
+#[test]
+fn topics_prepared_together_each_get_their_own_outcome() {
+    // A flow prepares the topics it finds at once concurrently: new ones are
+    // created with their configs, an existing one is kept, one the
+    // destination cannot hold fails alone.
+    let dst = small();
+    let prefix = unique_name("batch");
+    let existing = format!("{prefix}.existing");
+    create_topic(dst, &existing, 2);
+    let cluster = ClusterSpec {
+        alias: "destination".into(),
+        properties: BTreeMap::from([("bootstrap.servers".to_string(), dst.to_string())]),
+    };
+    let admin = TopicAdmin::new(&cluster).expect("admin client");
+    let plan = |name: String, partitions: i32, replication_factor: i32| TopicPlan {
+        name,
+        partitions,
+        replication_factor,
+        configs: BTreeMap::from([("retention.ms".to_string(), "3600000".to_string())]),
+        unmanaged: BTreeSet::new(),
+    };
+    let mut plans: Vec<TopicPlan> = (0..40)
+        .map(|i| plan(format!("{prefix}.new{i:02}"), 3, 1))
+        .collect();
+    plans.push(plan(existing.clone(), 2, 1));
+    let too_wide = format!("{prefix}.rf3");
+    plans.push(plan(too_wide.clone(), 1, 3));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcomes = runtime.block_on(futures::future::join_all(
+        plans.iter().map(|p| admin.ensure_topic(p, true, false)),
+    ));
+
+    for (plan, outcome) in plans.iter().zip(&outcomes) {
+        let name = &plan.name;
+        if *name == existing {
+            let ensured = outcome.as_ref().expect("the existing topic is ready");
+            assert_eq!(ensured.layout, Layout::Existed, "{name}");
+        } else if *name == too_wide {
+            let failure = outcome.as_ref().expect_err("one broker cannot hold 3 replicas");
+            assert_eq!(failure.kind, FailureKind::ReplicationFactor, "{failure}");
+            assert!(!topic_exists(dst, name), "{name} must not exist");
+        } else {
+            let ensured = outcome
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{name} should have been created: {e}"));
+            assert_eq!(ensured.layout, Layout::Created, "{name}");
+            assert_eq!(partition_count(dst, name), Some(3), "{name}");
+            assert_eq!(
+                topic_configs(dst, name).get("retention.ms").map(String::as_str),
+                Some("3600000"),
+                "{name}"
+            );
+        }
+    }
 }
 
 #[test]
