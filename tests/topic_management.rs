@@ -382,7 +382,9 @@ fn topics_prepared_together_each_get_their_own_outcome() {
             let ensured = outcome.as_ref().expect("the existing topic is ready");
             assert_eq!(ensured.layout, Layout::Existed, "{name}");
         } else if *name == too_wide {
-            let failure = outcome.as_ref().expect_err("one broker cannot hold 3 replicas");
+            let failure = outcome
+                .as_ref()
+                .expect_err("one broker cannot hold 3 replicas");
             assert_eq!(failure.kind, FailureKind::ReplicationFactor, "{failure}");
             assert!(!topic_exists(dst, name), "{name} must not exist");
         } else {
@@ -392,7 +394,9 @@ fn topics_prepared_together_each_get_their_own_outcome() {
             assert_eq!(ensured.layout, Layout::Created, "{name}");
             assert_eq!(partition_count(dst, name), Some(3), "{name}");
             assert_eq!(
-                topic_configs(dst, name).get("retention.ms").map(String::as_str),
+                topic_configs(dst, name)
+                    .get("retention.ms")
+                    .map(String::as_str),
                 Some("3600000"),
                 "{name}"
             );
