@@ -31,7 +31,7 @@ use crate::offset_store::{self, OffsetMapReader, StoredOffset};
 use crate::progress::Timing;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
-use crate::transactional::{CommitError, TransactionalWriter};
+use crate::transactional::{CommitError, FillBudget, TransactionalWriter};
 
 /// How often a copier with nothing to copy checks whether it should stop.
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
@@ -68,6 +68,8 @@ pub struct ExactlyOnce {
     /// aborts and retries) when 1,000 copiers each committed every 100 ms;
     /// a copier waiting here lets its next transaction grow instead.
     pub ending: Arc<tokio::sync::Semaphore>,
+    /// The bytes the flow's transactional producers may hold unsent.
+    pub fill_budget: Arc<FillBudget>,
 }
 
 impl ExactlyOnce {
@@ -491,7 +493,7 @@ impl Reader {
                 .map_err(|_| ReplicationError::ActorGone {
                     actor: "exactly-once opening limit",
                 })?;
-            TransactionalWriter::open(&eos.destination, transactional_id).await?
+            TransactionalWriter::open(&eos.destination, transactional_id, &eos.fill_budget).await?
         };
         let mut next = eos
             .offset_map

@@ -40,6 +40,7 @@ use crate::metrics::{self as names, labels, PartitionMetrics};
 use crate::offset_store::OffsetMapReader;
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
+use crate::transactional::FillBudget;
 
 /// The group consumer of a flow's source cluster.
 pub type SourceConsumer = BaseConsumer<SourceContext>;
@@ -443,6 +444,7 @@ impl Source {
             )),
             opening: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_OPENS)),
             ending: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_COMMITS)),
+            fill_budget: FillBudget::new(FillBudget::DEFAULT_BYTES, FillBudget::MIN_SHARE),
         });
         let source = Self {
             spec,

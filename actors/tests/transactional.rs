@@ -2,7 +2,8 @@
 //! are served by one shared thread, not a polling thread per producer
 //! (librdkafka's commit waits until every record's report is served, so
 //! without that thread no commit here would return before its 60 s timeout),
-//! and records leave one produce request's worth at a time.
+//! records leave one produce request's worth at a time, and writers sharing
+//! a budget each fill an equal share of it.
 //! (The exactly-once fault tests in the root crate run the whole path
 //! against real Kafka.)
 
@@ -14,7 +15,7 @@ use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::mocking::MockCluster;
 use strait_actors::batch::Batch;
 use strait_actors::offset_store::{StoredOffset, OFFSETS_TOPIC};
-use strait_actors::transactional::TransactionalWriter;
+use strait_actors::transactional::{FillBudget, TransactionalWriter};
 use strait_actors::ClusterSpec;
 
 const WRITERS: i32 = 20;
@@ -25,6 +26,11 @@ fn cluster(bootstrap: &str) -> ClusterSpec {
         alias: "dst".to_string(),
         properties: BTreeMap::from([("bootstrap.servers".to_string(), bootstrap.to_string())]),
     }
+}
+
+/// The budget a flow's writers share by default.
+fn budget() -> Arc<FillBudget> {
+    FillBudget::new(FillBudget::DEFAULT_BYTES, FillBudget::MIN_SHARE)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -110,10 +116,12 @@ fn writers_commit_with_their_reports_served_by_one_shared_thread() {
     // the runtime would wait for it.
     let outcome: Result<(), String> = runtime.block_on(async {
         let mut writers = Vec::new();
+        let budget = budget();
         for p in 0..WRITERS {
-            let writer = TransactionalWriter::open(&spec, format!("strait.mock.events.{p}"))
-                .await
-                .expect("open");
+            let writer =
+                TransactionalWriter::open(&spec, format!("strait.mock.events.{p}"), &budget)
+                    .await
+                    .expect("open");
             writers.push(writer);
         }
         let names = thread_names();
@@ -265,7 +273,7 @@ fn records_leave_one_produce_request_at_a_time() {
     };
     let runtime = runtime();
     let outcome: Result<(usize, usize, usize), String> = runtime.block_on(async {
-        let writer = TransactionalWriter::open(&spec, "strait.mock.one-request".into())
+        let writer = TransactionalWriter::open(&spec, "strait.mock.one-request".into(), &budget())
             .await
             .map_err(|e| format!("open: {e}"))?;
         // As a copier writes: flushing whenever the next record would not
@@ -334,7 +342,7 @@ fn the_first_record_after_a_flush_fits_however_large() {
     }
     let runtime = runtime();
     let fits: Result<[bool; 3], String> = runtime.block_on(async {
-        let writer = TransactionalWriter::open(&spec, "strait.mock.large".into())
+        let writer = TransactionalWriter::open(&spec, "strait.mock.large".into(), &budget())
             .await
             .map_err(|e| format!("open: {e}"))?;
         writer.begin().map_err(|e| format!("begin: {e}"))?;
@@ -360,4 +368,66 @@ fn the_first_record_after_a_flush_fits_however_large() {
     );
     assert!(!after_one, "and then nothing more");
     assert!(after_flush, "after a flush, the next record fits again");
+}
+
+/// How many of `records` `writer` takes (from the first) before one no
+/// longer fits; then flushes, so the next count starts empty.
+async fn fill(writer: &TransactionalWriter, records: &Batch) -> Result<usize, String> {
+    let mut taken = 0;
+    for record in records.iter() {
+        if !writer.fits(&record) {
+            break;
+        }
+        writer
+            .send("events", Some(0), &record, &[])
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        taken += 1;
+    }
+    writer.flush().await.map_err(|e| format!("flush: {e}"))?;
+    Ok(taken)
+}
+
+#[test]
+fn writers_sharing_a_budget_each_fill_an_equal_share_of_it() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("events", 1, 1).expect("topic");
+    mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
+    let spec = cluster(&mock.bootstrap_servers());
+    let mut records = Batch::with_capacity(100, 120_000);
+    for offset in 0..100 {
+        records.push(&OwnedMessage::new(
+            Some(vec![b'v'; 1_000]),
+            None,
+            "events".to_string(),
+            Timestamp::CreateTime(1_700_000_000_000 + offset),
+            0,
+            offset,
+            None,
+        ));
+    }
+    let wire = records.iter().next().map(|r| r.wire_size()).unwrap_or(0);
+    // 40 records' worth for one writer, far below what a request carries.
+    let shared = FillBudget::new(40 * wire, 0);
+    let runtime = runtime();
+    let counts: Result<[usize; 3], String> = runtime.block_on(async {
+        let alone = TransactionalWriter::open(&spec, "strait.mock.share.a".into(), &shared)
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        alone.begin().map_err(|e| format!("begin: {e}"))?;
+        let by_one = fill(&alone, &records).await?;
+        let other = TransactionalWriter::open(&spec, "strait.mock.share.b".into(), &shared)
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        let by_two = fill(&alone, &records).await?;
+        drop(other);
+        let after_close = fill(&alone, &records).await?;
+        commit(&alone, "k", 1).await?;
+        Ok([by_one, by_two, after_close])
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let [by_one, by_two, after_close] = counts.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(by_one, 40, "alone, a writer fills the whole budget");
+    assert_eq!(by_two, 20, "with a second writer open, half of it");
+    assert_eq!(after_close, 40, "and the whole again once that one closed");
 }
