@@ -556,7 +556,8 @@ impl Reader {
                 }
                 for record in parcel.batch.iter() {
                     self.inject_panic_at(record.offset);
-                    // One produce request's worth at a time (see `transactional`).
+                    // One produce request's worth at a time, within the writer's
+                    // share of the flow's budget (see `transactional`).
                     if !writer.fits(&record) {
                         writer.flush().await?;
                     }

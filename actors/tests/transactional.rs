@@ -56,6 +56,23 @@ fn batch(partition: i32) -> Batch {
     batch
 }
 
+/// `count` records of partition 0 with no key and a `size`-byte value.
+fn values(count: i64, size: usize) -> Batch {
+    let mut records = Batch::with_capacity(count as usize, count as usize * (size + 64));
+    for offset in 0..count {
+        records.push(&OwnedMessage::new(
+            Some(vec![b'v'; size]),
+            None,
+            "events".to_string(),
+            Timestamp::CreateTime(1_700_000_000_000 + offset),
+            0,
+            offset,
+            None,
+        ));
+    }
+    records
+}
+
 /// Commits `writer`'s open transaction, with the offset-map entry saying
 /// `next_offset`; the error says why not, or that it never returned.
 async fn commit(writer: &TransactionalWriter, key: &str, next_offset: i64) -> Result<(), String> {
@@ -328,18 +345,7 @@ fn the_first_record_after_a_flush_fits_however_large() {
     let mut spec = cluster(&mock.bootstrap_servers());
     spec.properties
         .insert("batch.size".to_string(), "4000".to_string());
-    let mut records = Batch::with_capacity(2, 20_000);
-    for offset in 0..2 {
-        records.push(&OwnedMessage::new(
-            Some(vec![b'v'; 8_000]),
-            None,
-            "events".to_string(),
-            Timestamp::CreateTime(1_700_000_000_000 + offset),
-            0,
-            offset,
-            None,
-        ));
-    }
+    let records = values(2, 8_000);
     let runtime = runtime();
     let fits: Result<[bool; 3], String> = runtime.block_on(async {
         let writer = TransactionalWriter::open(&spec, "strait.mock.large".into(), &budget())
@@ -394,18 +400,7 @@ fn writers_sharing_a_budget_each_fill_an_equal_share_of_it() {
     mock.create_topic("events", 1, 1).expect("topic");
     mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
     let spec = cluster(&mock.bootstrap_servers());
-    let mut records = Batch::with_capacity(100, 120_000);
-    for offset in 0..100 {
-        records.push(&OwnedMessage::new(
-            Some(vec![b'v'; 1_000]),
-            None,
-            "events".to_string(),
-            Timestamp::CreateTime(1_700_000_000_000 + offset),
-            0,
-            offset,
-            None,
-        ));
-    }
+    let records = values(100, 1_000);
     let wire = records.iter().next().map(|r| r.wire_size()).unwrap_or(0);
     // 40 records' worth for one writer, far below what a request carries.
     let shared = FillBudget::new(40 * wire, 0);
