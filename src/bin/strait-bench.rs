@@ -513,11 +513,19 @@ fn memory_kb(pid: u32) -> Option<(u64, u64)> {
 /// Records on the destination: the sum of the end offsets of the topics that
 /// exist. `layout` caches partition counts; metadata is fetched again only
 /// while some topic of the set is missing.
+/// Records on the destination, as the sum of its end offsets.
+struct Count {
+    records: i64,
+    /// Every partition of every topic answered: `records` is the whole count.
+    /// Otherwise it is a lower bound (enough to tell the first record).
+    complete: bool,
+}
+
 fn destination_records(
     consumer: &BaseConsumer,
     topics: &[String],
     layout: &mut HashMap<String, i32>,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<Count> {
     if layout.len() < topics.len() {
         let counts = partition_counts(consumer)?;
         layout.clear();
@@ -535,22 +543,23 @@ fn destination_records(
             }
         }
     }
+    let mut complete = layout.len() == topics.len();
     if tpl.count() == 0 {
-        return Ok(0);
+        return Ok(Count { records: 0, complete });
     }
-    // A partial answer would undercount: an error anywhere fails the whole
-    // count, and callers look again.
+    // A partition that does not answer (a topic created a moment ago) makes
+    // the count partial: callers look again for the whole count, but a
+    // partial count above zero already shows the first record, which the
+    // start-up time must not wait for the other topics to tell.
     let ends = consumer.offsets_for_times(tpl, Duration::from_secs(10))?;
-    let mut sum = 0;
+    let mut records = 0;
     for e in ends.elements() {
-        e.error()
-            .with_context(|| format!("end offset of {}[{}]", e.topic(), e.partition()))?;
-        match e.offset() {
-            Offset::Offset(o) => sum += o.max(0),
-            other => bail!("end offset of {}[{}]: {other:?}", e.topic(), e.partition()),
+        match (e.error(), e.offset()) {
+            (Ok(()), Offset::Offset(o)) => records += o.max(0),
+            _ => complete = false,
         }
     }
-    Ok(sum)
+    Ok(Count { records, complete })
 }
 
 /// A plain HTTP/1.1 GET, for Strait's /status.
@@ -605,11 +614,18 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
     loop {
         // Errors are transient here (a topic just created has no leader yet,
         // /status not yet served): count nothing and look again.
-        let count = match &a.status_url {
-            Some(url) => status_records(url, &a.topics),
+        let probe = match &a.status_url {
+            Some(url) => status_records(url, &a.topics).map(|records| Count {
+                records,
+                complete: true,
+            }),
             None => destination_records(&consumer, &a.topics, &mut layout),
-        }
-        .unwrap_or(last_count);
+        };
+        let seen = probe.as_ref().map_or(0, |c| c.records);
+        let count = probe
+            .ok()
+            .filter(|c| c.complete)
+            .map_or(last_count, |c| c.records);
         let t = now_ns();
         let cpu = cpu_seconds(a.pid, a.clk_tck);
         let mem = memory_kb(a.pid);
@@ -621,7 +637,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
             last_sample = Instant::now();
             samples.push(json!([(t - t0) as f64 / 1e9, count, cpu, rss]));
         }
-        if first.is_none() && count > 0 {
+        if first.is_none() && seen > 0 {
             let extra = a.extra.iter().map(|p| cpu_seconds(*p, a.clk_tck)).collect();
             first = Some((t, cpu, extra));
         }
@@ -640,7 +656,8 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
                     // Only a count over every topic of the set.
                     last = destination_records(&consumer, &a.topics, &mut layout)
                         .ok()
-                        .filter(|_| layout.len() == a.topics.len())
+                        .filter(|c| c.complete)
+                        .map(|c| c.records)
                         .or(last);
                     if last.is_some_and(|n| n > a.expect) {
                         break;
