@@ -261,3 +261,85 @@ fn two_instances_with_one_group_id_split_partitions_and_survivor_takes_over_with
         );
     }
 }
+
+/// A subscription change that arrives while the group is still joining waits
+/// for the join to end instead of landing in it, and is not lost. A second
+/// member, subscribed to a topic of its own, makes the first join last: the
+/// coordinator waits for it to rejoin at its next heartbeat (3 s). Strait
+/// subscribes with its first destination topic ready; the others get ready
+/// during that join. Topic refreshes are 10 minutes apart here, so only the
+/// held change can bring the later topics into the subscription.
+#[test]
+fn topics_ready_while_the_group_is_joining_join_the_subscription_once_the_join_ends() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let prefix = unique_name("joining");
+    let group = unique_name("strait.joining");
+    let topics: Vec<String> = (0..6).map(|t| format!("{prefix}.t{t}")).collect();
+    let partitions = 2;
+    let records = id_records(0, 200, partitions);
+    for t in &topics {
+        create_topic(src, t, partitions);
+        produce(src, t, &records);
+    }
+    let decoy_topic = format!("{prefix}-decoy");
+    create_topic(src, &decoy_topic, 1);
+
+    let decoy: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", src)
+        .set("group.id", &group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("heartbeat.interval.ms", "3000")
+        .set("session.timeout.ms", "30000")
+        .create()
+        .expect("decoy consumer");
+    decoy.subscribe(&[&decoy_topic]).expect("decoy subscribes");
+    wait_until("the decoy member to be assigned its topic", WAIT, || {
+        decoy.poll(Duration::from_millis(100));
+        match decoy.assignment() {
+            Ok(a) if a.count() > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                decoy.poll(Duration::from_millis(100));
+            }
+            decoy
+        })
+    };
+
+    let mut config = Config::new(src, dst, &[&format!("{prefix}\\.t[0-9]+")], &group);
+    config.topic_refresh_interval = "10m".to_string();
+    let mut strait = Strait::start_with_env(
+        "strait",
+        &config,
+        &[("RUST_LOG", "info,strait_actors::source=debug")],
+    );
+    for t in &topics {
+        strait.wait_for_copy(dst, t, partitions, records.len() as i64, WAIT);
+    }
+    for t in &topics {
+        let report = id_report(&read_topic(src, t, partitions), &read_topic(dst, t, partitions));
+        assert_eq!(report.lost, 0, "{t}: {report:?}");
+        assert_eq!(report.destination_records, records.len(), "{t}: {report:?}");
+    }
+    assert!(
+        strait
+            .log()
+            .contains("subscription change held until the group's join ends"),
+        "no subscription change arrived during the join, so this test did not exercise the hold:\n{}",
+        strait.log_tail(60)
+    );
+    strait.stop();
+    stop.store(true, Ordering::SeqCst);
+    drop(polling.join().expect("decoy polling thread"));
+}

@@ -36,7 +36,7 @@ use crate::topic_admin::{
 
 /// Longest wait between two attempts to create a destination topic.
 const TOPIC_RETRY_MAX: Duration = Duration::from_secs(60);
-/// Longest a subscription waits for topics still being created.
+/// Longest a subscription change waits for topics still being created.
 const SUBSCRIBE_COALESCE_MAX: Duration = Duration::from_secs(1);
 /// How often a held-back subscription looks again.
 const SUBSCRIBE_COALESCE_STEP: Duration = Duration::from_millis(20);
@@ -144,6 +144,8 @@ pub struct FlowSupervisor {
     history: Arc<PartitionHistory>,
     /// Strait's own destination topics (offset map, dead-letter) exist.
     internal_topics_ready: bool,
+    /// A subscription with topics in it went to the source.
+    subscribed: bool,
     /// When a subscription was first held back for topics being created.
     subscribe_deferred_since: Option<Instant>,
     /// A held-back subscription is due to be looked at again.
@@ -197,6 +199,7 @@ impl FlowSupervisor {
                 warned: BTreeMap::new(),
                 history,
                 internal_topics_ready: false,
+                subscribed: false,
                 subscribe_deferred_since: None,
                 subscribe_pending: false,
                 stopping: false,
@@ -472,10 +475,14 @@ impl FlowSupervisor {
             // Subscribed once they exist (see `prepare_internal_topics`).
             return;
         }
-        // Topics still being created join the same subscription: each change
-        // of subscription is a rebalance, and one that lands while the group
-        // is joining costs a heartbeat interval (3 s at start-up).
-        let preparing = self.in_flight.iter().any(|t| !self.ready.contains(t));
+        // The first subscription goes out with the first topic ready, so
+        // records flow while the others are still being created (on 1,000
+        // partitions, 100 topics take 3–4 s). Later, topics still being
+        // created join the same change: each change is a rebalance. (The
+        // source holds a change that arrives while the group is joining: see
+        // `source::Join`.)
+        let preparing =
+            self.subscribed && self.in_flight.iter().any(|t| !self.ready.contains(t));
         let since = *self
             .subscribe_deferred_since
             .get_or_insert_with(Instant::now);
@@ -491,6 +498,7 @@ impl FlowSupervisor {
         }
         self.subscribe_deferred_since = None;
         let topics = self.ready.clone();
+        self.subscribed |= !topics.is_empty();
         let name = self.spec.name.clone();
         ctx.spawn(self.source.send(Subscribe { topics }).into_actor(self).map(
             move |result, _, _| match result {

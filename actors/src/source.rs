@@ -16,11 +16,11 @@
 //! on revocation and on shutdown.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
@@ -47,6 +47,17 @@ pub type SourceConsumer = BaseConsumer<SourceContext>;
 
 /// How often copiers are checked for a closed mailbox, and metrics published.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest a subscription change waits for the group's join to end (see
+/// [`Join`]). librdkafka ends every join with a rebalance callback, so this
+/// only guards against one that never comes; it is longer than a first join
+/// usually takes on a production cluster (the broker's
+/// `group.initial.rebalance.delay.ms`, 3 s, then other members rejoining at
+/// their next heartbeat).
+const JOIN_HOLD_MAX: Duration = Duration::from_secs(10);
+
+/// How often a held subscription change looks at the join again.
+const JOIN_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Records the source consumer may hold read ahead, for all its partitions
 /// (`queued.max.messages.kbytes`).
@@ -126,6 +137,8 @@ pub struct SourceContext {
     shutting_down: AtomicBool,
     /// Partition counts when the flow found each topic (see `assign`).
     history: Arc<PartitionHistory>,
+    /// Group joins that ended, with an assignment or a rebalance error.
+    joins_ended: AtomicU64,
 }
 
 /// A newly assigned partition and the inbox its records arrive in.
@@ -178,6 +191,11 @@ impl ConsumerContext for SourceContext {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // After the assignment was applied: a subscription change from here
+        // on starts a join of its own (see `Join`).
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Error(_)) {
+            self.joins_ended.fetch_add(1, Ordering::SeqCst);
+        }
         if self.shutting_down.load(Ordering::SeqCst) {
             return;
         }
@@ -377,6 +395,12 @@ pub struct Source {
     destination: Addr<Destination>,
     copiers: HashMap<(Arc<str>, i32), CopierEntry>,
     subscription: BTreeSet<String>,
+    /// The join the last subscription started.
+    join: Option<Join>,
+    /// A subscription change waiting for that join to end.
+    held: Option<BTreeSet<String>>,
+    /// A look at the held change is scheduled.
+    held_check: bool,
     reader_stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     committing: bool,
@@ -414,6 +438,7 @@ impl Source {
             routes: Mutex::new(routes),
             assigned: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
+            joins_ended: AtomicU64::new(0),
         };
         let consumer: SourceConsumer = client_config(
             &spec.source,
@@ -454,6 +479,9 @@ impl Source {
             destination,
             copiers: HashMap::new(),
             subscription: BTreeSet::new(),
+            join: None,
+            held: None,
+            held_check: false,
             reader_stop,
             reader: Some(reader),
             committing: false,
@@ -717,6 +745,8 @@ impl Handler<Revoked> for Source {
 }
 
 /// The topics the group consumer should read, replacing the previous set.
+/// A change that arrives while the group is joining is held until the join
+/// ends (see [`Join`]), and the latest one held is then applied.
 #[derive(Message)]
 #[rtype(result = "Result<(), ReplicationError>")]
 pub struct Subscribe {
@@ -724,14 +754,61 @@ pub struct Subscribe {
     pub topics: BTreeSet<String>,
 }
 
-impl Handler<Subscribe> for Source {
-    type Result = Result<(), ReplicationError>;
+/// A group join started by a subscription. librdkafka takes a subscription
+/// change that lands mid-join to the group only at the next heartbeat
+/// (`heartbeat.interval.ms`, 3 s): so the first subscription goes out as
+/// soon as one topic is ready, and later changes wait for its join to end,
+/// at most [`JOIN_HOLD_MAX`].
+#[derive(Clone, Copy, Debug)]
+struct Join {
+    since: Instant,
+    /// `SourceContext::joins_ended` when the join started.
+    ended_before: u64,
+}
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        let Subscribe { topics } = msg;
-        if self.stopping || topics == self.subscription {
+impl Join {
+    /// True while a change must wait: no join has ended since this one
+    /// started, and it has not waited its longest.
+    fn holds(&self, joins_ended: u64, now: Instant) -> bool {
+        joins_ended == self.ended_before && now.saturating_duration_since(self.since) < JOIN_HOLD_MAX
+    }
+}
+
+impl Source {
+    fn joining(&self) -> bool {
+        let ended = self.consumer.context().joins_ended.load(Ordering::SeqCst);
+        self.join.is_some_and(|join| join.holds(ended, Instant::now()))
+    }
+
+    /// Applies the held change once the join has ended.
+    fn release_held(&mut self, ctx: &mut Context<Self>) {
+        if self.held_check {
+            return;
+        }
+        self.held_check = true;
+        ctx.run_later(JOIN_CHECK_INTERVAL, |act, ctx| {
+            act.held_check = false;
+            if act.stopping {
+                return;
+            }
+            if act.joining() {
+                act.release_held(ctx);
+                return;
+            }
+            if let Some(topics) = act.held.take() {
+                if let Err(error) = act.subscribe(topics) {
+                    tracing::error!(flow = %act.spec.name, error = %error, "subscription failed");
+                }
+            }
+        });
+    }
+
+    fn subscribe(&mut self, topics: BTreeSet<String>) -> Result<(), ReplicationError> {
+        if topics == self.subscription {
             return Ok(());
         }
+        // Read before subscribing, so a join that ends at once still counts.
+        let ended_before = self.consumer.context().joins_ended.load(Ordering::SeqCst);
         let consumer = &self.consumer;
         let result = if topics.is_empty() {
             consumer.unsubscribe();
@@ -745,8 +822,30 @@ impl Handler<Subscribe> for Source {
             source,
         })?;
         tracing::info!(flow = %self.spec.name, topics = ?topics, "subscribed");
+        self.join = (!topics.is_empty()).then(|| Join {
+            since: Instant::now(),
+            ended_before,
+        });
         self.subscription = topics;
         Ok(())
+    }
+}
+
+impl Handler<Subscribe> for Source {
+    type Result = Result<(), ReplicationError>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping {
+            return Ok(());
+        }
+        if self.joining() {
+            tracing::debug!(flow = %self.spec.name, topics = msg.topics.len(), "subscription change held until the group's join ends");
+            self.held = Some(msg.topics);
+            self.release_held(ctx);
+            return Ok(());
+        }
+        self.held = None;
+        self.subscribe(msg.topics)
     }
 }
 
@@ -794,5 +893,41 @@ impl Handler<StopSource> for Source {
                 ctx.stop();
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_change_waits_while_the_join_it_would_interrupt_goes_on() {
+        let start = Instant::now();
+        let join = Join {
+            since: start,
+            ended_before: 4,
+        };
+        assert!(join.holds(4, start));
+        assert!(join.holds(4, start + JOIN_HOLD_MAX - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_subscription_change_goes_out_once_a_join_has_ended() {
+        let start = Instant::now();
+        let join = Join {
+            since: start,
+            ended_before: 4,
+        };
+        assert!(!join.holds(5, start + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn a_subscription_change_goes_out_after_waiting_its_longest_for_a_join() {
+        let start = Instant::now();
+        let join = Join {
+            since: start,
+            ended_before: 4,
+        };
+        assert!(!join.holds(4, start + JOIN_HOLD_MAX));
     }
 }
