@@ -328,7 +328,10 @@ fn topics_ready_while_the_group_is_joining_join_the_subscription_once_the_join_e
         strait.wait_for_copy(dst, t, partitions, records.len() as i64, WAIT);
     }
     for t in &topics {
-        let report = id_report(&read_topic(src, t, partitions), &read_topic(dst, t, partitions));
+        let report = id_report(
+            &read_topic(src, t, partitions),
+            &read_topic(dst, t, partitions),
+        );
         assert_eq!(report.lost, 0, "{t}: {report:?}");
         assert_eq!(report.destination_records, records.len(), "{t}: {report:?}");
     }

@@ -481,8 +481,7 @@ impl FlowSupervisor {
         // created join the same change: each change is a rebalance. (The
         // source holds a change that arrives while the group is joining: see
         // `source::Join`.)
-        let preparing =
-            self.subscribed && self.in_flight.iter().any(|t| !self.ready.contains(t));
+        let preparing = self.subscribed && self.in_flight.iter().any(|t| !self.ready.contains(t));
         let since = *self
             .subscribe_deferred_since
             .get_or_insert_with(Instant::now);

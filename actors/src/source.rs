@@ -770,14 +770,16 @@ impl Join {
     /// True while a change must wait: no join has ended since this one
     /// started, and it has not waited its longest.
     fn holds(&self, joins_ended: u64, now: Instant) -> bool {
-        joins_ended == self.ended_before && now.saturating_duration_since(self.since) < JOIN_HOLD_MAX
+        joins_ended == self.ended_before
+            && now.saturating_duration_since(self.since) < JOIN_HOLD_MAX
     }
 }
 
 impl Source {
     fn joining(&self) -> bool {
         let ended = self.consumer.context().joins_ended.load(Ordering::SeqCst);
-        self.join.is_some_and(|join| join.holds(ended, Instant::now()))
+        self.join
+            .is_some_and(|join| join.holds(ended, Instant::now()))
     }
 
     /// Applies the held change once the join has ended.

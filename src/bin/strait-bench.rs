@@ -545,7 +545,10 @@ fn destination_records(
     }
     let mut complete = layout.len() == topics.len();
     if tpl.count() == 0 {
-        return Ok(Count { records: 0, complete });
+        return Ok(Count {
+            records: 0,
+            complete,
+        });
     }
     // A partition that does not answer (a topic created a moment ago) makes
     // the count partial: callers look again for the whole count, but a
