@@ -6,7 +6,12 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use support::cluster::shared_pair;
 use support::records::{
@@ -271,11 +276,6 @@ fn two_instances_with_one_group_id_split_partitions_and_survivor_takes_over_with
 /// held change can bring the later topics into the subscription.
 #[test]
 fn topics_ready_while_the_group_is_joining_join_the_subscription_once_the_join_ends() {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let prefix = unique_name("joining");

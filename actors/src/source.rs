@@ -902,13 +902,18 @@ impl Handler<StopSource> for Source {
 mod tests {
     use super::*;
 
+    /// A join that started at `since`, after 4 joins had ended.
+    fn join_from(since: Instant) -> Join {
+        Join {
+            since,
+            ended_before: 4,
+        }
+    }
+
     #[test]
     fn a_subscription_change_waits_while_the_join_it_would_interrupt_goes_on() {
         let start = Instant::now();
-        let join = Join {
-            since: start,
-            ended_before: 4,
-        };
+        let join = join_from(start);
         assert!(join.holds(4, start));
         assert!(join.holds(4, start + JOIN_HOLD_MAX - Duration::from_millis(1)));
     }
@@ -916,20 +921,12 @@ mod tests {
     #[test]
     fn a_subscription_change_goes_out_once_a_join_has_ended() {
         let start = Instant::now();
-        let join = Join {
-            since: start,
-            ended_before: 4,
-        };
-        assert!(!join.holds(5, start + Duration::from_millis(50)));
+        assert!(!join_from(start).holds(5, start + Duration::from_millis(50)));
     }
 
     #[test]
     fn a_subscription_change_goes_out_after_waiting_its_longest_for_a_join() {
         let start = Instant::now();
-        let join = Join {
-            since: start,
-            ended_before: 4,
-        };
-        assert!(!join.holds(4, start + JOIN_HOLD_MAX));
+        assert!(!join_from(start).holds(4, start + JOIN_HOLD_MAX));
     }
 }

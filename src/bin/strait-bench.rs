@@ -510,9 +510,6 @@ fn memory_kb(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Records on the destination: the sum of the end offsets of the topics that
-/// exist. `layout` caches partition counts; metadata is fetched again only
-/// while some topic of the set is missing.
 /// Records on the destination, as the sum of its end offsets.
 struct Count {
     records: i64,
@@ -521,6 +518,9 @@ struct Count {
     complete: bool,
 }
 
+/// Records on the destination: the sum of the end offsets of the topics that
+/// exist. `layout` caches partition counts; metadata is fetched again only
+/// while some topic of the set is missing.
 fn destination_records(
     consumer: &BaseConsumer,
     topics: &[String],
