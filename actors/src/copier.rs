@@ -504,7 +504,12 @@ impl Reader {
                 self.status.progress.resume_at(offset);
                 inbox.rewind(Some(offset));
             }
-            None => next = self.status.progress.committable(),
+            None => {
+                next = self.status.progress.committable();
+                // Also what starts reading a newly assigned partition: it is
+                // held until its copier is ready (`Routes::hold_new_partitions`).
+                inbox.rewind(None);
+            }
         }
         let key = offset_store::key(&eos.group_id, &self.topic, self.partition);
         // Where the first record should be (see `note_gap`).

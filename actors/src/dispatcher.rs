@@ -249,6 +249,8 @@ struct Route {
     full_since: Option<Instant>,
     /// The copier gave up on the partition: paused until a rewind.
     closed: bool,
+    /// Newly assigned, its copier not ready yet: paused until a rewind.
+    held: bool,
     /// Records before this offset are left over from before a rewind.
     skip_below: Option<i64>,
     /// The first offset handed to the current inbox: where a rewind that
@@ -271,6 +273,8 @@ pub struct Routes {
     max_records: usize,
     max_bytes: usize,
     commands: mpsc::Sender<Command>,
+    /// New partitions wait, paused, until their copier rewinds them.
+    hold_new: bool,
 }
 
 impl Routes {
@@ -289,7 +293,20 @@ impl Routes {
             max_records: max_records.max(1),
             max_bytes: max_bytes.max(1),
             commands,
+            hold_new: false,
         }
+    }
+
+    /// Newly assigned partitions are not read until their copier is ready
+    /// and rewinds its inbox (see [`Inbox::rewind`]); [`Routes::pause_held`]
+    /// pauses them once assigned. For copiers that take seconds to start
+    /// (an exactly-once copier opens a transactional producer and reads the
+    /// offset map first, and may then seek elsewhere): what was read for
+    /// them meanwhile would fill the flow's [`BatchBudget`], and over the
+    /// budget every partition gets paused after a record or two, so copiers
+    /// then got batches (and committed transactions) of a single record.
+    pub fn hold_new_partitions(&mut self) {
+        self.hold_new = true;
     }
 
     /// A route for a newly assigned partition, and the copier's inbox.
@@ -308,6 +325,7 @@ impl Routes {
                 paused: false,
                 full_since: None,
                 closed: false,
+                held: self.hold_new,
                 skip_below: None,
                 first_handed: None,
                 last_size: (16, 16 * 1024),
@@ -318,6 +336,24 @@ impl Routes {
             partition,
             receiver,
             commands: self.commands.clone(),
+        }
+    }
+
+    /// Pauses the held partitions that are not paused yet: called once they
+    /// are assigned (librdkafka keeps the pause until they are resumed).
+    pub fn pause_held<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, route) in self.map.values_mut().flat_map(HashMap::iter_mut) {
+            if route.held && !route.paused {
+                route.paused = true;
+                tpl.add_partition(&route.topic, *partition);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(error) = consumer.pause(&tpl) {
+            tracing::warn!(partitions = tpl.count(), error = %error, "could not pause newly assigned partitions until their copiers are ready");
         }
     }
 
@@ -415,7 +451,7 @@ impl Routes {
                 }
                 return false;
             }
-            if route.paused && route.open.is_none() && room {
+            if route.paused && !route.held && route.open.is_none() && room {
                 route.paused = false;
                 pause_or_resume(consumer, topic, *partition, false);
             }
@@ -478,6 +514,7 @@ impl Routes {
                 route.sender = sender;
                 route.full_since = None;
                 route.closed = false;
+                route.held = false;
                 let open = route.open.take();
                 let offset = offset
                     .or(route.first_handed)
@@ -673,5 +710,65 @@ mod tests {
         assert!(budget.has_room());
         drop(part);
         assert_eq!(budget.held(), 0);
+    }
+
+    /// A consumer that is never assigned anything: pausing and resuming
+    /// partitions on it changes no broker state, and nothing connects.
+    fn unassigned_consumer() -> BaseConsumer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "dispatcher-unit-test")
+            .create()
+            .expect("creating a consumer connects to nothing")
+    }
+
+    fn routes(hold_new: bool) -> (Routes, mpsc::Receiver<Command>) {
+        let (commands, received) = mpsc::channel();
+        let mut routes = Routes::new(BatchBudget::new(1 << 20), 100, 1 << 20, commands);
+        if hold_new {
+            routes.hold_new_partitions();
+        }
+        (routes, received)
+    }
+
+    fn route<'a>(routes: &'a Routes, topic: &str, partition: i32) -> &'a Route {
+        &routes.map[topic][&partition]
+    }
+
+    #[test]
+    fn a_held_partition_stays_paused_until_its_copier_rewinds_it() {
+        let consumer = unassigned_consumer();
+        let (mut routes, received) = routes(true);
+        let mut inbox = routes.add("t", 0);
+        routes.pause_held(&consumer);
+        assert!(route(&routes, "t", 0).paused, "paused once assigned");
+        // As if a record had come in before the pause: flush visits the
+        // partition, and with the budget's room it would resume a partition
+        // paused for the budget.
+        routes.open.insert((Arc::from("t"), 0));
+        routes.flush(&consumer);
+        assert!(
+            route(&routes, "t", 0).paused,
+            "still paused: the copier is not ready"
+        );
+
+        inbox.rewind(Some(7));
+        let command = received
+            .try_recv()
+            .expect("the rewind reaches the reading thread");
+        routes.apply(&consumer, command);
+        let released = route(&routes, "t", 0);
+        assert!(!released.held && !released.paused, "read from now on");
+        assert_eq!(released.skip_below, Some(7));
+    }
+
+    #[test]
+    fn without_holding_new_partitions_are_read_at_once() {
+        let consumer = unassigned_consumer();
+        let (mut routes, _received) = routes(false);
+        let _inbox = routes.add("t", 0);
+        routes.pause_held(&consumer);
+        let route = route(&routes, "t", 0);
+        assert!(!route.held && !route.paused);
     }
 }

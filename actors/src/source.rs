@@ -190,7 +190,7 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // After the assignment was applied: a subscription change from here
         // on starts a join of its own (see `Join`).
         if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Error(_)) {
@@ -205,6 +205,12 @@ impl ConsumerContext for SourceContext {
             if assigned.is_empty() {
                 return;
             }
+            // Before any copier can ask for its partition (commands are
+            // applied on this thread, after the poll this runs in).
+            self.routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pause_held(base);
             if let Some(supervisor) = self.supervisor.get() {
                 // Runs on the reading thread, never on the arbiter: safe to wait.
                 let _ = futures::executor::block_on(supervisor.send(Assigned(assigned)));
@@ -423,12 +429,15 @@ impl Source {
     ) -> Result<Addr<Self>, ReplicationError> {
         let budget = BatchBudget::new(BATCH_BUDGET_BYTES.max(4 * spec.tuning.batch_max_bytes));
         let (commands, received) = mpsc::channel();
-        let routes = Routes::new(
+        let mut routes = Routes::new(
             budget.clone(),
             spec.tuning.batch_max_records,
             spec.tuning.batch_max_bytes,
             commands.clone(),
         );
+        if spec.delivery == Delivery::ExactlyOnce {
+            routes.hold_new_partitions();
+        }
         let context = SourceContext {
             history,
             cluster: spec.source.alias.clone(),
