@@ -283,6 +283,9 @@ fn map_reader(
         &[
             ("isolation.level", isolation_level.to_string()),
             ("enable.partition.eof", "false".to_string()),
+            // The read ends at a known offset: a fetch waiting at the
+            // broker for more (500 ms by default) only delays it.
+            ("fetch.wait.max.ms", "10".to_string()),
             ("enable.auto.commit", "false".to_string()),
             ("group.id", format!("{group_id}.offsets-reader")),
         ],
