@@ -22,7 +22,9 @@
 //! over it, the thread stops polling, and librdkafka stops fetching once its
 //! own read-ahead is full. If that lasts ([`PAUSE_AFTER`]), it polls again
 //! (the group needs it) and pauses each partition a record arrives for,
-//! until the budget has room again.
+//! until the budget has room again. In an exactly-once flow a newly
+//! assigned partition is not read at all until its copier is ready
+//! (`Routes::hold_new_partitions`).
 //!
 //! Rebalance callbacks run on this thread, inside `poll`: they add and remove
 //! routes (see `crate::source`). Everything else that changes a route, such as
