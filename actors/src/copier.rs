@@ -499,6 +499,8 @@ impl Reader {
             .offset_map
             .next_offset(&self.topic, self.partition)
             .await?;
+        // Either rewind also starts reading a newly assigned partition,
+        // held until its copier is ready (`Routes::hold_new_partitions`).
         match next {
             Some(offset) => {
                 self.status.progress.resume_at(offset);
@@ -506,8 +508,6 @@ impl Reader {
             }
             None => {
                 next = self.status.progress.committable();
-                // Also what starts reading a newly assigned partition: it is
-                // held until its copier is ready (`Routes::hold_new_partitions`).
                 inbox.rewind(None);
             }
         }
