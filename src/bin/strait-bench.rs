@@ -10,9 +10,11 @@
 //! - `pipe`: the ceiling: a bare consume-then-produce loop (one consumer,
 //!   one producer, no batching, no offset tracking, no commits) that copies
 //!   every partition of the given topics as fast as librdkafka allows.
-//! - `watch`: waits until the destination holds a given number of records,
-//!   sampling a replicator's CPU time and memory from `/proc`; reports when
-//!   the first record arrived and when the last did.
+//! - `watch`: waits until the destination holds a given number of records
+//!   (with exactly-once: until Strait's `/status` or MirrorMaker 2's offsets
+//!   topic says they are committed), sampling a replicator's CPU time and
+//!   memory from `/proc`; reports when the first record arrived and when the
+//!   last did.
 //! - `latency`: produces at a steady rate with the send time in each value and
 //!   consumes the destination, reporting end-to-end latency percentiles.
 //!
@@ -95,6 +97,11 @@ enum Cmd {
         /// destination end offsets, which transaction markers inflate.
         #[arg(long)]
         status_url: Option<String>,
+        /// Count progress from MirrorMaker 2's offsets topic on the destination
+        /// (read committed) instead: with exactly-once, its source offsets are
+        /// written in the same transaction as the records they stand for.
+        #[arg(long, conflicts_with = "status_url")]
+        mm2_offsets_topic: Option<String>,
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
         #[arg(long, default_value_t = 1800)]
@@ -158,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             pid,
             extra_pids,
             status_url,
+            mm2_offsets_topic,
             interval_ms,
             timeout_s,
             stall_s,
@@ -175,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 pid,
                 extra,
                 status_url,
+                mm2_offsets_topic,
                 interval: Duration::from_millis(interval_ms),
                 timeout: Duration::from_secs(timeout_s),
                 stall: Duration::from_secs(stall_s),
@@ -480,6 +489,7 @@ struct WatchArgs {
     pid: u32,
     extra: Vec<u32>,
     status_url: Option<String>,
+    mm2_offsets_topic: Option<String>,
     interval: Duration,
     timeout: Duration,
     stall: Duration,
@@ -604,6 +614,78 @@ fn status_records(url: &str, topics: &[String]) -> anyhow::Result<i64> {
     Ok(sum)
 }
 
+/// MirrorMaker 2's committed progress, from its offsets topic on the
+/// destination read committed. Each record there has the key
+/// `["<connector>",{"cluster":"A","partition":P,"topic":"T"}]` and the value
+/// `{"offset":O}`, O being the last source offset copied; source offsets start
+/// at 0 and have no gaps here (the load is not transactional), so O + 1 records
+/// of that partition are on the destination.
+struct Mm2Offsets {
+    consumer: BaseConsumer,
+    topic: String,
+    assigned: bool,
+    copied: HashMap<(String, i64), i64>,
+}
+
+impl Mm2Offsets {
+    fn new(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer = client(bootstrap)
+            .set("group.id", "strait-bench-watch")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            assigned: false,
+            copied: HashMap::new(),
+        })
+    }
+
+    /// Records copied into `topics`, as of the offsets read so far. Zero until
+    /// MirrorMaker 2 has created its offsets topic.
+    fn records(&mut self, topics: &[String]) -> anyhow::Result<i64> {
+        if !self.assigned {
+            let Some(n) = partition_counts(&self.consumer)?.get(&self.topic).copied() else {
+                return Ok(0);
+            };
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..n {
+                tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+            }
+            self.consumer.assign(&tpl)?;
+            self.assigned = true;
+        }
+        while let Some(m) = self.consumer.poll(Duration::ZERO) {
+            let m = m?;
+            let (Some(k), Some(v)) = (m.key(), m.payload()) else {
+                continue;
+            };
+            // Other connectors' entries (and anything unparsable) are not ours.
+            let (Ok(key), Ok(value)) = (
+                serde_json::from_slice::<Value>(k),
+                serde_json::from_slice::<Value>(v),
+            ) else {
+                continue;
+            };
+            let part = &key[1];
+            if let (Some(t), Some(p), Some(o)) = (
+                part["topic"].as_str(),
+                part["partition"].as_i64(),
+                value["offset"].as_i64(),
+            ) {
+                self.copied.insert((t.to_string(), p), o + 1);
+            }
+        }
+        Ok(self
+            .copied
+            .iter()
+            .filter(|((t, _), _)| topics.contains(t))
+            .map(|(_, n)| n)
+            .sum())
+    }
+}
+
 fn watch(a: WatchArgs) -> anyhow::Result<Value> {
     let consumer: BaseConsumer = client(&a.bootstrap).create()?;
     let started = Instant::now();
@@ -614,15 +696,27 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
     let mut last_sample = Instant::now() - Duration::from_secs(10);
     let (mut last_count, mut last_change) = (0i64, Instant::now());
     let mut layout = HashMap::new();
+    let mut mm2 = a
+        .mm2_offsets_topic
+        .as_deref()
+        .map(|t| Mm2Offsets::new(&a.bootstrap, t))
+        .transpose()?;
+    // Transactions: progress is what the replicator committed, and the end
+    // offsets, which markers inflate, are read once at the end.
+    let transactional = a.status_url.is_some() || mm2.is_some();
     loop {
         // Errors are transient here (a topic just created has no leader yet,
         // /status not yet served): count nothing and look again.
-        let probe = match &a.status_url {
-            Some(url) => status_records(url, &a.topics).map(|records| Count {
+        let probe = match (&a.status_url, mm2.as_mut()) {
+            (Some(url), _) => status_records(url, &a.topics).map(|records| Count {
                 records,
                 complete: true,
             }),
-            None => destination_records(&consumer, &a.topics, &mut layout),
+            (None, Some(m)) => m.records(&a.topics).map(|records| Count {
+                records,
+                complete: true,
+            }),
+            (None, None) => destination_records(&consumer, &a.topics, &mut layout),
         };
         let seen = probe.as_ref().map_or(0, |c| c.records);
         let count = probe
@@ -645,29 +739,31 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
             first = Some((t, cpu, extra));
         }
         if count >= a.expect {
-            // With --status-url, what the destination's end offsets add up to
+            // With --status-url or --mm2-offsets-topic, what the destination's end offsets add up to
             // (more than the records when transaction markers take offsets).
             // Read committed, the end offsets reach the last records only once
             // the coordinator has written the commit markers, which it does
             // after answering the commit: look again for a while.
-            let destination_end_offsets = a.status_url.as_ref().and_then(|_| {
-                let mut last = None;
-                for attempt in 0..60 {
-                    if attempt > 0 {
-                        thread::sleep(Duration::from_millis(500));
+            let destination_end_offsets = transactional
+                .then(|| {
+                    let mut last = None;
+                    for attempt in 0..60 {
+                        if attempt > 0 {
+                            thread::sleep(Duration::from_millis(500));
+                        }
+                        // Only a count over every topic of the set.
+                        last = destination_records(&consumer, &a.topics, &mut layout)
+                            .ok()
+                            .filter(|c| c.complete)
+                            .map(|c| c.records)
+                            .or(last);
+                        if last.is_some_and(|n| n > a.expect) {
+                            break;
+                        }
                     }
-                    // Only a count over every topic of the set.
-                    last = destination_records(&consumer, &a.topics, &mut layout)
-                        .ok()
-                        .filter(|c| c.complete)
-                        .map(|c| c.records)
-                        .or(last);
-                    if last.is_some_and(|n| n > a.expect) {
-                        break;
-                    }
-                }
-                last
-            });
+                    last
+                })
+                .flatten();
             let (first_ns, first_cpu, first_extra) = first.clone().unwrap_or((t, cpu, vec![]));
             let extra: Vec<Value> = a
                 .extra
