@@ -696,6 +696,9 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
     let mut last_sample = Instant::now() - Duration::from_secs(10);
     let (mut last_count, mut last_change) = (0i64, Instant::now());
     let mut layout = HashMap::new();
+    // When every partition of the set first answered: on a fresh destination,
+    // when the replicator's topics were all created and ready.
+    let mut answered: Option<u64> = None;
     let mut mm2 = a
         .mm2_offsets_topic
         .as_deref()
@@ -719,6 +722,9 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
             (None, None) => destination_records(&consumer, &a.topics, &mut layout),
         };
         let seen = probe.as_ref().map_or(0, |c| c.records);
+        if answered.is_none() && probe.as_ref().is_ok_and(|c| c.complete) {
+            answered = Some(now_ns());
+        }
         let count = probe
             .ok()
             .filter(|c| c.complete)
@@ -732,7 +738,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
         peak_rss = peak_rss.max(rss);
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();
-            samples.push(json!([(t - t0) as f64 / 1e9, count, cpu, rss]));
+            samples.push(json!([(t - t0) as f64 / 1e9, count, cpu, rss, seen]));
         }
         if first.is_none() && seen > 0 {
             let extra = a.extra.iter().map(|p| cpu_seconds(*p, a.clk_tck)).collect();
@@ -777,6 +783,7 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
             return Ok(json!({
                 "watch_start_ns": t0,
                 "first_ns": first_ns,
+                "all_partitions_answered_ns": answered,
                 "done_ns": t,
                 "records": count,
                 "destination_end_offsets": destination_end_offsets,
