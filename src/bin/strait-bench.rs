@@ -137,6 +137,11 @@ enum Cmd {
         /// the slow ones were sent.
         #[arg(long)]
         samples: Option<std::path::PathBuf>,
+        /// Read the destination as an exactly-once consumer does
+        /// (`isolation.level = read_committed`): a record counts when its
+        /// transaction commits, not when it lands.
+        #[arg(long)]
+        read_committed: bool,
     },
 }
 
@@ -199,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             warmup,
             size,
             samples,
+            read_committed,
         } => latency(
             &source,
             &dest,
@@ -208,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             warmup,
             size,
             samples.as_deref(),
+            read_committed,
         )?,
     };
     println!("{out}");
@@ -834,6 +841,7 @@ fn latency(
     warmup: u64,
     size: usize,
     samples: Option<&std::path::Path>,
+    read_committed: bool,
 ) -> anyhow::Result<Value> {
     let size = size.max(8);
     // The replicator creates the destination topic; wait for it.
@@ -843,6 +851,14 @@ fn latency(
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
         .set("fetch.min.bytes", "1")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .create()?;
     let probe: BaseConsumer = client(source).create()?;
     let partitions = *partition_counts(&probe)?
@@ -967,6 +983,7 @@ fn latency(
     Ok(json!({
         "rate": rate, "seconds": seconds, "warmup": warmup, "size": size, "partitions": partitions,
         "counted_sent": sent, "counted_received": latencies_us.len(), "produce_failures": failed,
+        "read_committed": read_committed,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
         "max_ms": pct(1.0), "mean_ms": mean,
     }))
