@@ -36,6 +36,31 @@ use crate::transactional::{CommitError, FillBudget, TransactionalWriter};
 /// How often a copier with nothing to copy checks whether it should stop.
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 
+/// Why an exactly-once copier ended a transaction: the `reason` label of
+/// [`names::TRANSACTIONS_COMMITTED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TransactionEnd {
+    /// The partition was caught up and nothing more was waiting.
+    CaughtUp,
+    /// `transaction_interval` ran out.
+    Interval,
+    /// `transaction_max_records` was reached.
+    Full,
+    /// The copier is stopping.
+    Stopping,
+}
+
+impl TransactionEnd {
+    fn label(self) -> &'static str {
+        match self {
+            Self::CaughtUp => "caught_up",
+            Self::Interval => "interval",
+            Self::Full => "full",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
 /// A failure to inject at one offset, a limited number of times (tests only).
 #[derive(Clone, Debug)]
 pub struct InjectedPanic {
@@ -390,6 +415,7 @@ impl Reader {
                 mut batch,
                 held,
                 read_at,
+                ..
             }) = self.next_parcel(inbox).await?
             else {
                 continue;
@@ -476,7 +502,8 @@ impl Reader {
 
     /// Exactly-once: records and the offset map entry go out in one
     /// transaction per run of records (at most `transaction_max_records`, open
-    /// at most `transaction_interval`), sent one produce request's worth at a
+    /// at most `transaction_interval`, or until the partition is caught up
+    /// with nothing more waiting), sent one produce request's worth at a
     /// time. Reading resumes where the offset map says, after
     /// `init_transactions` has fenced any older owner.
     async fn run_exactly_once(
@@ -548,7 +575,7 @@ impl Reader {
             let deadline = Instant::now() + self.tuning.transaction_interval;
             let (mut last_offset, mut last_timestamp) = (first_offset, None);
             let (mut records, mut bytes) = (0usize, 0usize);
-            loop {
+            let ended = loop {
                 let room = self.tuning.transaction_max_records.max(1) - records;
                 if parcel.batch.len() > room {
                     let rest = parcel.batch.split_off(room);
@@ -557,7 +584,9 @@ impl Reader {
                         batch: rest,
                         held,
                         read_at: parcel.read_at,
+                        at_head: parcel.at_head,
                     });
+                    parcel.at_head = false;
                 }
                 for record in parcel.batch.iter() {
                     self.inject_panic_at(record.offset);
@@ -574,17 +603,25 @@ impl Reader {
                     last_offset = record.offset;
                     last_timestamp = record.timestamp.or(last_timestamp);
                 }
+                let caught_up = parcel.at_head;
                 // Its records are in the producer's queue now.
                 drop(parcel);
-                if carried.is_some()
-                    || records >= self.tuning.transaction_max_records
-                    || self.stop.load(Ordering::SeqCst)
-                {
-                    break;
+                if carried.is_some() || records >= self.tuning.transaction_max_records {
+                    break TransactionEnd::Full;
+                }
+                if self.stop.load(Ordering::SeqCst) {
+                    break TransactionEnd::Stopping;
+                }
+                // Nothing more to read: waiting out the interval would only
+                // delay what read-committed consumers see. During a catch-up
+                // the partition's end is far ahead, so transactions still
+                // run their interval there.
+                if caught_up && inbox.is_empty() {
+                    break TransactionEnd::CaughtUp;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break;
+                    break TransactionEnd::Interval;
                 }
                 parcel = match tokio::time::timeout(left, inbox.recv()).await {
                     Ok(Some(parcel)) => {
@@ -596,9 +633,9 @@ impl Reader {
                             actor: "source reading thread",
                         })
                     }
-                    Err(_deadline) => break,
+                    Err(_deadline) => break TransactionEnd::Interval,
                 };
-            }
+            };
             let stored = StoredOffset {
                 flow: eos.flow.clone(),
                 source_cluster: eos.source_cluster.clone(),
@@ -616,6 +653,7 @@ impl Reader {
             };
             match committed {
                 Ok(()) => {
+                    metrics::counter!(names::TRANSACTIONS_COMMITTED, labels::FLOW => eos.flow.clone(), labels::REASON => ended.label()).increment(1);
                     self.status
                         .progress
                         .register(
@@ -633,6 +671,7 @@ impl Reader {
                     reason,
                     refused: now_refused,
                 }) => {
+                    metrics::counter!(names::TRANSACTIONS_ABORTED, labels::FLOW => eos.flow.clone()).increment(1);
                     let too_large = now_refused
                         .iter()
                         .filter(|(_, e)| destination::is_too_large(e))

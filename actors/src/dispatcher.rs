@@ -33,11 +33,13 @@
 //! after it.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -153,6 +155,10 @@ pub struct Parcel {
     pub held: Held,
     /// When its first record was polled.
     pub read_at: Instant,
+    /// Its last record was the partition's last as of librdkafka's latest
+    /// fetch: nothing more is there to read for now. Only worked out in
+    /// flows that ask for it ([`Routes::mark_batches_at_head`]).
+    pub at_head: bool,
 }
 
 /// What changes a route, applied by the thread between polls.
@@ -195,6 +201,11 @@ impl Inbox {
     /// The next batch; `None` once the route is gone.
     pub async fn recv(&mut self) -> Option<Parcel> {
         self.receiver.recv().await
+    }
+
+    /// No batch is waiting to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.receiver.is_empty()
     }
 
     /// Drops every batch not yet taken and has the partition read again from
@@ -242,6 +253,9 @@ impl Inbox {
 /// One assigned partition's route to its copier.
 struct Route {
     topic: Arc<str>,
+    /// The topic for librdkafka's C API.
+    topic_c: CString,
+    partition: i32,
     sender: tokio::sync::mpsc::Sender<Parcel>,
     /// The batch being filled, and when its first record was polled.
     open: Option<(Batch, Instant)>,
@@ -277,6 +291,8 @@ pub struct Routes {
     commands: mpsc::Sender<Command>,
     /// New partitions wait, paused, until their copier rewinds them.
     hold_new: bool,
+    /// Parcels say whether they reach the partition's end.
+    mark_head: bool,
 }
 
 impl Routes {
@@ -296,6 +312,7 @@ impl Routes {
             max_bytes: max_bytes.max(1),
             commands,
             hold_new: false,
+            mark_head: false,
         }
     }
 
@@ -311,6 +328,14 @@ impl Routes {
         self.hold_new = true;
     }
 
+    /// Each parcel says whether its last record was the partition's last
+    /// ([`Parcel::at_head`]), so that an exactly-once copier can end its
+    /// transaction at once when its partition is caught up instead of
+    /// holding it open for more records that are not there.
+    pub fn mark_batches_at_head(&mut self) {
+        self.mark_head = true;
+    }
+
     /// A route for a newly assigned partition, and the copier's inbox.
     pub fn add(&mut self, topic: &str, partition: i32) -> Inbox {
         let topic: Arc<str> = match self.map.get_key_value(topic) {
@@ -322,6 +347,9 @@ impl Routes {
             partition,
             Route {
                 topic: Arc::clone(&topic),
+                // A topic name never holds a NUL (Kafka allows [a-zA-Z0-9._-]).
+                topic_c: CString::new(topic.as_bytes()).unwrap_or_default(),
+                partition,
                 sender,
                 open: None,
                 paused: false,
@@ -420,7 +448,7 @@ impl Routes {
             self.open.insert((Arc::clone(&route.topic), partition));
         }
         if full {
-            Self::hand_over(route, &self.budget);
+            Self::hand_over(route, &self.budget, self.mark_head.then_some(consumer));
         }
         if pause && !route.paused {
             route.paused = true;
@@ -438,6 +466,7 @@ impl Routes {
     /// partitions that have nothing waiting (if the budget has room).
     fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Flushed {
         let budget = &self.budget;
+        let head = self.mark_head.then_some(consumer);
         let room = budget.has_room();
         let map = &mut self.map;
         let mut blocked = false;
@@ -445,7 +474,7 @@ impl Routes {
             let Some(route) = map.get_mut(topic).and_then(|p| p.get_mut(partition)) else {
                 return false;
             };
-            Self::hand_over(route, budget);
+            Self::hand_over(route, budget, head);
             if route.closed {
                 if !route.paused {
                     route.paused = true;
@@ -473,8 +502,13 @@ impl Routes {
         }
     }
 
-    /// Gives the route's batch to its copier if the inbox has room.
-    fn hand_over(route: &mut Route, budget: &BatchBudget) {
+    /// Gives the route's batch to its copier if the inbox has room; with
+    /// `head`, says whether the batch reaches the partition's end.
+    fn hand_over<C: ConsumerContext>(
+        route: &mut Route,
+        budget: &BatchBudget,
+        head: Option<&BaseConsumer<C>>,
+    ) {
         let Some((batch, read_at)) = route.open.take() else {
             return;
         };
@@ -483,11 +517,13 @@ impl Routes {
                 route.full_since = None;
                 route.last_size = (batch.len(), batch.bytes());
                 route.first_handed = route.first_handed.or(batch.first_offset());
+                let at_head = head.is_some_and(|consumer| reaches_end(consumer, route, &batch));
                 let held = budget.guard(batch.bytes());
                 slot.send(Parcel {
                     batch,
                     held,
                     read_at,
+                    at_head,
                 });
             }
             Err(TrySendError::Full(())) => route.open = Some((batch, read_at)),
@@ -540,6 +576,47 @@ impl Routes {
             }
         }
     }
+}
+
+/// True when `batch` ends at the partition's high watermark as of
+/// librdkafka's latest fetch response for it: a cached value, no request.
+/// Unknown (no fetch answered yet) counts as not at the end. A source topic
+/// written transactionally never looks caught up this way, since its last
+/// offset is a transaction marker, not a record: its transactions just run
+/// their full interval.
+fn reaches_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    route: &Route,
+    batch: &Batch,
+) -> bool {
+    let Some(next) = batch.next_offset() else {
+        return false;
+    };
+    cached_high_watermark(consumer, &route.topic_c, route.partition)
+        .is_some_and(|high| next >= high)
+}
+
+/// librdkafka's last known high watermark of a partition, updated by each
+/// fetch response (`rd_kafka_get_watermark_offsets`; rust-rdkafka only wraps
+/// the variant that asks the broker).
+fn cached_high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &CStr,
+    partition: i32,
+) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the topic is a
+    // NUL-terminated string; librdkafka only writes the two offsets.
+    let error = unsafe {
+        rdsys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// What [`Routes::flush`] left.

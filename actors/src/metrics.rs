@@ -242,6 +242,16 @@ pub const OFFSET_COMMITS: &str = "strait_offset_commits_total";
 /// Counter, commits: failed offset commits. Labels: `flow`.
 pub const OFFSET_COMMIT_FAILURES: &str = "strait_offset_commit_failures_total";
 
+/// Counter: exactly-once transactions committed on the destination.
+/// Labels: `flow`, `reason` (why the copier ended it: `caught_up`, the
+/// partition had nothing more to read; `interval`, `transaction_interval`
+/// ran out; `full`, `transaction_max_records` was reached; `stopping`).
+pub const TRANSACTIONS_COMMITTED: &str = "strait_transactions_committed_total";
+
+/// Counter: exactly-once transactions aborted (each is copied again from the
+/// last committed offset). Labels: `flow`.
+pub const TRANSACTIONS_ABORTED: &str = "strait_transactions_aborted_total";
+
 // --- topics --------------------------------------------------------------
 
 /// Gauge, topics: source topics the flow currently selects. Labels: `flow`.
@@ -330,6 +340,8 @@ pub const ALL: &[&str] = &[
     REBALANCES,
     OFFSET_COMMITS,
     OFFSET_COMMIT_FAILURES,
+    TRANSACTIONS_COMMITTED,
+    TRANSACTIONS_ABORTED,
     TOPICS_SELECTED,
     TOPICS_CREATED,
     TOPIC_CREATION_RETRIES,
@@ -638,6 +650,16 @@ pub fn describe() {
         OFFSET_COMMIT_FAILURES,
         Unit::Count,
         "Failed offset commits to the source consumer group."
+    );
+    describe_counter!(
+        TRANSACTIONS_COMMITTED,
+        Unit::Count,
+        "Exactly-once transactions committed on the destination, by why they ended."
+    );
+    describe_counter!(
+        TRANSACTIONS_ABORTED,
+        Unit::Count,
+        "Exactly-once transactions aborted and copied again from the last committed offset."
     );
     describe_gauge!(
         TOPICS_SELECTED,

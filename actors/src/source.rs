@@ -437,6 +437,7 @@ impl Source {
         );
         if spec.delivery == Delivery::ExactlyOnce {
             routes.hold_new_partitions();
+            routes.mark_batches_at_head();
         }
         let context = SourceContext {
             history,

@@ -94,7 +94,8 @@ pub struct FlowConfig {
     /// Exactly-once: most records in one destination transaction.
     #[serde(default = "default_transaction_max_records")]
     pub transaction_max_records: usize,
-    /// Exactly-once: longest time a destination transaction stays open.
+    /// Exactly-once: longest time a destination transaction stays open while
+    /// its partition is behind (a caught-up partition commits at once).
     #[serde(default = "default_transaction_interval", with = "humantime_serde")]
     pub transaction_interval: Duration,
 }

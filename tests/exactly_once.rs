@@ -1,0 +1,109 @@
+//! Exactly-once transactions on real brokers: how long a copier keeps one
+//! open. `transaction_interval` bounds a transaction while its partition is
+//! behind; once the partition is caught up and nothing more is waiting, the
+//! copier commits at once, so a read-committed consumer of the destination
+//! does not wait out the interval for records that trickle in.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cluster::shared_pair;
+use support::records::{
+    create_topic, id_payload, produce, read_topic, unique_name, verify_copy,
+    wait_for_complete_copy, wait_until, Delivery, Out,
+};
+use support::strait::{toml_str, Config, Strait};
+
+const PARTITIONS: i32 = 2;
+
+/// Bound on start-up and the first catch-up.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The flow's `transaction_interval`: far longer than copying a record takes.
+const INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a trickled record may take to become visible: well inside
+/// [`INTERVAL`], so it can only be met by a transaction that ended early.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
+
+fn records(ids: std::ops::Range<u64>) -> Vec<Out> {
+    ids.map(|id| {
+        Out::keyed(
+            (id % PARTITIONS as u64) as i32,
+            format!("k{id}"),
+            id_payload(id, 100),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_interval_ends() {
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("eos-head");
+    create_topic(src, &topic, PARTITIONS);
+    produce(src, &topic, &records(0..1_000));
+
+    let config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-head"))
+        .delivery(Delivery::ExactlyOnce)
+        .flow_key(
+            "transaction_interval",
+            &toml_str(&format!("{}s", INTERVAL.as_secs())),
+        );
+    let mut strait = Strait::start("strait", &config);
+    let first = read_topic(src, &topic, PARTITIONS);
+    wait_for_complete_copy(&first, dst, &topic, Delivery::ExactlyOnce, WAIT, || {
+        strait.assert_running();
+        strait.status_summary()
+    });
+
+    // Three rounds of one record per partition, each to a caught-up
+    // partition: each must be visible, read committed, before a transaction
+    // opened for it could have run its interval.
+    let mut next_id = 1_000;
+    for round in 1..=3 {
+        produce(src, &topic, &records(next_id..next_id + PARTITIONS as u64));
+        next_id += PARTITIONS as u64;
+        let produced_at = Instant::now();
+        let source_now = read_topic(src, &topic, PARTITIONS);
+        wait_for_complete_copy(
+            &source_now,
+            dst,
+            &topic,
+            Delivery::ExactlyOnce,
+            VISIBLE_WITHIN,
+            || {
+                strait.assert_running();
+                strait.status_summary()
+            },
+        );
+        eprintln!(
+            "round {round}: visible read committed {:?} after it was produced \
+             (transaction_interval {INTERVAL:?})",
+            produced_at.elapsed()
+        );
+    }
+
+    let committed = |reason: &str| {
+        strait
+            .metric("strait_transactions_committed_total", &[("reason", reason)])
+            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+            .unwrap_or(0.0)
+    };
+    let (caught_up, interval) = wait_until(
+        "the metrics to count the transactions ended because their partition was caught up",
+        WAIT,
+        || match (committed("caught_up"), committed("interval")) {
+            (c, i) if c >= (3 * PARTITIONS) as f64 => Ok((c, i)),
+            other => Err(format!("(caught_up, interval) = {other:?}")),
+        },
+    );
+    assert_eq!(
+        interval, 0.0,
+        "no transaction should have waited out the {INTERVAL:?} interval ({caught_up} ended caught up)"
+    );
+    strait.stop();
+    verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
+}
