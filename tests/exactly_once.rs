@@ -1,8 +1,8 @@
 //! Exactly-once transactions on real brokers: how long a copier keeps one
-//! open. `transaction_interval` bounds a transaction while its partition is
-//! behind; once the partition is caught up and nothing more is waiting, the
-//! copier commits at once, so a read-committed consumer of the destination
-//! does not wait out the interval for records that trickle in.
+//! open. `transaction_interval` bounds every transaction; one opened on an
+//! idle partition commits as soon as the partition is caught up with nothing
+//! more waiting, so a read-committed consumer of the destination does not
+//! wait out the interval for records that trickle in.
 
 mod support;
 

@@ -246,8 +246,8 @@ pub struct Tuning {
     pub max_consecutive_failures: u32,
     /// Exactly-once: most records in one transaction.
     pub transaction_max_records: usize,
-    /// Exactly-once: longest time a transaction stays open while its
-    /// partition is behind (a caught-up partition commits at once).
+    /// Exactly-once: longest time a transaction stays open (one opened on an
+    /// idle partition commits once the partition is caught up).
     pub transaction_interval: Duration,
 }
 

@@ -94,8 +94,8 @@ pub struct FlowConfig {
     /// Exactly-once: most records in one destination transaction.
     #[serde(default = "default_transaction_max_records")]
     pub transaction_max_records: usize,
-    /// Exactly-once: longest time a destination transaction stays open while
-    /// its partition is behind (a caught-up partition commits at once).
+    /// Exactly-once: longest time a destination transaction stays open (one
+    /// opened on an idle partition commits once the partition is caught up).
     #[serde(default = "default_transaction_interval", with = "humantime_serde")]
     pub transaction_interval: Duration,
 }
