@@ -219,7 +219,7 @@ const OUTAGE_RATE: u64 = 2_000;
 
 /// The buffers of the outage tests, set small so that the stream overflows
 /// them several times during the outage. With the defaults (a 16 MB queue
-/// per producer, 32 MB of read-ahead) an outage would have to bring a few
+/// per producer, 16 MB of read-ahead) an outage would have to bring a few
 /// hundred MB before an unbounded buffer could be told from a full bounded one.
 ///
 /// The source's `max.poll.interval.ms` is set to its smallest (the session
