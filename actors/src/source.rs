@@ -62,7 +62,7 @@ const JOIN_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 /// Records the source consumer may hold read ahead, for all its partitions
 /// (`queued.max.messages.kbytes`). At 32 MiB, peak RSS was 20–50 MB higher
 /// on 8 to 1,000 partitions for the same records/s (benches/results/
-/// 2026-11-26T2250-read-ahead-16-mib).
+/// 2026-11-26T2237-read-ahead-16-mib).
 pub const SOURCE_PREFETCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Bytes of records a flow holds between its consumer's read-ahead and its
