@@ -1003,7 +1003,7 @@ impl Stream {
 
     /// True once the producing thread has ended (`max` reached).
     pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().map_or(true, |h| h.is_finished())
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// Stops producing (after the current slice) and returns the number of
