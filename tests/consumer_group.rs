@@ -15,25 +15,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use support::cluster::shared_pair;
 use support::records::{
-    committed_offsets, create_topic, id_payload, id_report, produce, read_topic, unique_name,
-    wait_until, watermarks, Out,
+    committed_offsets, create_topic, id_payload, id_records, id_report, produce, read_topic,
+    unique_name, wait_until, watermarks, Out,
 };
 use support::strait::{free_port, Config, Strait};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// `count` records with ids from `first_id`, spread over `partitions`.
-fn id_records(first_id: u64, count: u64, partitions: i32) -> Vec<Out> {
-    (first_id..first_id + count)
-        .map(|id| {
-            Out::keyed(
-                (id % partitions as u64) as i32,
-                format!("k{id}"),
-                id_payload(id, 32),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn sigterm_exits_0_with_committed_offsets_equal_to_records_replicated_and_status_shows_no_lag() {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::cluster::shared_pair;
 use support::records::{
-    create_topic, id_payload, produce, read_topic, unique_name, verify_copy,
-    wait_for_complete_copy, wait_until, Delivery, Out,
+    create_topic, id_records, produce, read_topic, unique_name, verify_copy,
+    wait_for_complete_copy, wait_until, Delivery,
 };
 use support::strait::{toml_str, Config, Strait};
 
@@ -27,24 +27,13 @@ const INTERVAL: Duration = Duration::from_secs(30);
 /// [`INTERVAL`], so it can only be met by a transaction that ended early.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
 
-fn records(ids: std::ops::Range<u64>) -> Vec<Out> {
-    ids.map(|id| {
-        Out::keyed(
-            (id % PARTITIONS as u64) as i32,
-            format!("k{id}"),
-            id_payload(id, 100),
-        )
-    })
-    .collect()
-}
-
 #[test]
 fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_interval_ends() {
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("eos-head");
     create_topic(src, &topic, PARTITIONS);
-    produce(src, &topic, &records(0..1_000));
+    produce(src, &topic, &id_records(0, 1_000, PARTITIONS));
 
     let config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-head"))
         .delivery(Delivery::ExactlyOnce)
@@ -64,7 +53,11 @@ fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_in
     // opened for it could have run its interval.
     let mut next_id = 1_000;
     for round in 1..=3 {
-        produce(src, &topic, &records(next_id..next_id + PARTITIONS as u64));
+        produce(
+            src,
+            &topic,
+            &id_records(next_id, PARTITIONS as u64, PARTITIONS),
+        );
         next_id += PARTITIONS as u64;
         let produced_at = Instant::now();
         let source_now = read_topic(src, &topic, PARTITIONS);

@@ -329,9 +329,9 @@ impl Routes {
     }
 
     /// Each parcel says whether its last record was the partition's last
-    /// ([`Parcel::at_head`]), so that an exactly-once copier can end its
-    /// transaction at once when its partition is caught up instead of
-    /// holding it open for more records that are not there.
+    /// ([`Parcel::at_head`]), so that an exactly-once copier can end a
+    /// transaction opened on an idle partition once it is caught up instead
+    /// of holding it open for more records that are not there.
     pub fn mark_batches_at_head(&mut self) {
         self.mark_head = true;
     }

@@ -244,8 +244,9 @@ pub const OFFSET_COMMIT_FAILURES: &str = "strait_offset_commit_failures_total";
 
 /// Counter: exactly-once transactions committed on the destination.
 /// Labels: `flow`, `reason` (why the copier ended it: `caught_up`, opened on
-/// an idle partition, which then had nothing more to read; `interval`, `transaction_interval`
-/// ran out; `full`, `transaction_max_records` was reached; `stopping`).
+/// an idle partition, which then had nothing more to read; `interval`,
+/// `transaction_interval` ran out; `full`, `transaction_max_records` was
+/// reached; `stopping`).
 pub const TRANSACTIONS_COMMITTED: &str = "strait_transactions_committed_total";
 
 /// Counter: exactly-once transactions aborted (each is copied again from the

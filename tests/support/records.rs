@@ -603,6 +603,20 @@ pub fn id_payload(id: u64, padding: usize) -> Vec<u8> {
     v
 }
 
+/// `count` records with ids from `first_id`: record `n` has key `k<n>`, an
+/// [`id_payload`] value, and goes to partition `n % partitions`.
+pub fn id_records(first_id: u64, count: u64, partitions: i32) -> Vec<Out> {
+    (first_id..first_id + count)
+        .map(|id| {
+            Out::keyed(
+                (id % partitions as u64) as i32,
+                format!("k{id}"),
+                id_payload(id, 32),
+            )
+        })
+        .collect()
+}
+
 /// The id of an [`id_payload`] value.
 pub fn payload_id(value: &Option<Vec<u8>>) -> Option<u64> {
     let v = value.as_deref()?;
