@@ -831,21 +831,16 @@ fn watch(a: WatchArgs) -> anyhow::Result<Value> {
 
 // ---------------------------------------------------------------- latency
 
-#[allow(clippy::too_many_arguments)]
-fn latency(
-    source: &str,
-    dest: &str,
+/// A consumer at the end of every partition of `topic`, for the latency
+/// probe: it fetches as soon as a record is there (`fetch.min.bytes` 1,
+/// `fetch.wait.max.ms` 10).
+fn latency_reader(
+    bootstrap: &str,
     topic: &str,
-    rate: u64,
-    seconds: u64,
-    warmup: u64,
-    size: usize,
-    samples: Option<&std::path::Path>,
+    partitions: i32,
     read_committed: bool,
-) -> anyhow::Result<Value> {
-    let size = size.max(8);
-    // The replicator creates the destination topic; wait for it.
-    let consumer: BaseConsumer = client(dest)
+) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", "strait-bench-latency")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -860,26 +855,119 @@ fn latency(
             },
         )
         .create()?;
-    let probe: BaseConsumer = client(source).create()?;
-    let partitions = *partition_counts(&probe)?
-        .get(topic)
-        .with_context(|| format!("source topic {topic} does not exist"))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while partition_counts(&consumer)?.get(topic) != Some(&partitions) {
-        if Instant::now() > deadline {
-            bail!("destination topic {topic} did not appear with {partitions} partitions within 120 s");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
-    // Let the consumer resolve its end offsets before anything is produced.
+    Ok(consumer)
+}
+
+/// One counted record as a reader saw it: its index (the key), when it was
+/// sent and when it arrived (ns since the epoch).
+#[derive(Clone, Copy)]
+struct Arrival {
+    index: u64,
+    sent_ns: u64,
+    arrived_ns: u64,
+}
+
+/// Reads until the producer is done and every counted record arrived (or 30 s
+/// after the producer is done), keeping the records sent after `warm_ns`.
+fn read_arrivals(
+    consumer: &BaseConsumer,
+    producing: &AtomicBool,
+    warm_sent: &AtomicU64,
+    warm_ns: u64,
+    capacity: usize,
+) -> Vec<Arrival> {
+    let mut arrivals = Vec::with_capacity(capacity);
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if !producing.load(Ordering::SeqCst) {
+            let deadline =
+                *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+            if arrivals.len() as u64 >= warm_sent.load(Ordering::SeqCst)
+                || Instant::now() > deadline
+            {
+                return arrivals;
+            }
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let arrived_ns = now_ns();
+        let field = |b: Option<&[u8]>| -> Option<[u8; 8]> { b?.get(..8)?.try_into().ok() };
+        let (Some(sent), Some(index)) = (field(m.payload()), field(m.key())) else {
+            continue;
+        };
+        let sent_ns = u64::from_le_bytes(sent);
+        if sent_ns >= warm_ns {
+            arrivals.push(Arrival {
+                index: u64::from_be_bytes(index),
+                sent_ns,
+                arrived_ns,
+            });
+        }
+    }
+}
+
+/// p50, p90, p99, p99.9, max and mean of `values_us`, in ms.
+fn percentiles(mut values_us: Vec<u64>) -> Value {
+    values_us.sort_unstable();
+    let pct = |q: f64| -> Option<f64> {
+        if values_us.is_empty() {
+            return None;
+        }
+        let i = ((values_us.len() as f64 * q).ceil() as usize).clamp(1, values_us.len()) - 1;
+        Some(values_us[i] as f64 / 1000.0)
+    };
+    let mean = (!values_us.is_empty())
+        .then(|| values_us.iter().sum::<u64>() as f64 / values_us.len() as f64 / 1000.0);
+    json!({
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+        "max_ms": pct(1.0), "mean_ms": mean, "count": values_us.len(),
+    })
+}
+
+/// Steady-rate latency through a replicator. Besides the destination, a
+/// second reader reads the source topic itself at the same time, so the
+/// same records also give the source hop alone (sent to readable on the
+/// source: a floor no replicator can go under) and the replicator's own
+/// share (arrival at the destination minus arrival at the source).
+#[allow(clippy::too_many_arguments)]
+fn latency(
+    source: &str,
+    dest: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+    warmup: u64,
+    size: usize,
+    samples: Option<&std::path::Path>,
+    read_committed: bool,
+) -> anyhow::Result<Value> {
+    let size = size.max(8);
+    let probe: BaseConsumer = client(source).create()?;
+    let partitions = *partition_counts(&probe)?
+        .get(topic)
+        .with_context(|| format!("source topic {topic} does not exist"))?;
+    // The replicator creates the destination topic; wait for it.
+    let dest_probe: BaseConsumer = client(dest).create()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while partition_counts(&dest_probe)?.get(topic) != Some(&partitions) {
+        if Instant::now() > deadline {
+            bail!("destination topic {topic} did not appear with {partitions} partitions within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let consumer = latency_reader(dest, topic, partitions, read_committed)?;
+    let source_reader = latency_reader(source, topic, partitions, false)?;
+    // Let the readers resolve their end offsets before anything is produced.
     let settle = Instant::now() + Duration::from_secs(2);
     while Instant::now() < settle {
-        let _ = consumer.poll(Duration::from_millis(100));
+        let _ = consumer.poll(Duration::from_millis(50));
+        let _ = source_reader.poll(Duration::from_millis(50));
     }
 
     let total = rate * seconds;
@@ -929,62 +1017,66 @@ fn latency(
             Ok(producer.context().failed.load(Ordering::Relaxed))
         })
     };
-
-    let mut latencies_us: Vec<u64> = Vec::with_capacity(total as usize);
-    let mut sent_ns: Vec<u64> = Vec::with_capacity(total as usize);
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        if !producing.load(Ordering::SeqCst) {
-            let deadline =
-                *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
-            if latencies_us.len() as u64 >= warm_sent.load(Ordering::SeqCst)
-                || Instant::now() > deadline
-            {
-                break;
-            }
-        }
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let arrived = now_ns();
-        let Some(sent) = m.payload().and_then(|p| p.get(..8)).map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_le_bytes(a)
-        }) else {
-            continue;
-        };
-        if sent >= warm_ns {
-            latencies_us.push(arrived.saturating_sub(sent) / 1000);
-            sent_ns.push(sent);
-        }
-    }
+    let source_thread = {
+        let (producing, warm_sent) = (Arc::clone(&producing), Arc::clone(&warm_sent));
+        thread::spawn(move || {
+            read_arrivals(&source_reader, &producing, &warm_sent, warm_ns, total as usize)
+        })
+    };
+    let arrivals = read_arrivals(&consumer, &producing, &warm_sent, warm_ns, total as usize);
     if let Some(path) = samples {
-        let mut out = String::with_capacity(sent_ns.len() * 28);
-        for (sent, us) in sent_ns.iter().zip(&latencies_us) {
-            out.push_str(&format!("{sent} {us}\n"));
+        let mut out = String::with_capacity(arrivals.len() * 28);
+        for a in &arrivals {
+            out.push_str(&format!("{} {}\n", a.sent_ns, (a.arrived_ns - a.sent_ns) / 1000));
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
     }
     let failed = producer_thread
         .join()
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let at_source = source_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("source reader thread panicked"))?;
     let sent = warm_sent.load(Ordering::SeqCst);
-    latencies_us.sort_unstable();
-    let pct = |q: f64| -> Option<f64> {
-        if latencies_us.is_empty() {
-            return None;
+    let mut read_at_source = vec![None; total as usize];
+    for a in &at_source {
+        if let Some(slot) = read_at_source.get_mut(a.index as usize) {
+            *slot = Some(a.arrived_ns);
         }
-        let i = ((latencies_us.len() as f64 * q).ceil() as usize).clamp(1, latencies_us.len()) - 1;
-        Some(latencies_us[i] as f64 / 1000.0)
-    };
-    let mean = (!latencies_us.is_empty())
-        .then(|| latencies_us.iter().sum::<u64>() as f64 / latencies_us.len() as f64 / 1000.0);
-    Ok(json!({
+    }
+    // The replicator's share: from readable on the source to readable on the
+    // destination, for each record both readers saw. Saturates at zero when
+    // the source reader was the slower of the two to fetch it.
+    let replication_us: Vec<u64> = arrivals
+        .iter()
+        .filter_map(|a| {
+            let at_source = (*read_at_source.get(a.index as usize)?)?;
+            Some(a.arrived_ns.saturating_sub(at_source) / 1000)
+        })
+        .collect();
+    let end_to_end = percentiles(
+        arrivals
+            .iter()
+            .map(|a| a.arrived_ns.saturating_sub(a.sent_ns) / 1000)
+            .collect(),
+    );
+    let source_hop = percentiles(
+        at_source
+            .iter()
+            .map(|a| a.arrived_ns.saturating_sub(a.sent_ns) / 1000)
+            .collect(),
+    );
+    let mut out = json!({
         "rate": rate, "seconds": seconds, "warmup": warmup, "size": size, "partitions": partitions,
-        "counted_sent": sent, "counted_received": latencies_us.len(), "produce_failures": failed,
+        "counted_sent": sent, "counted_received": arrivals.len(), "produce_failures": failed,
         "read_committed": read_committed,
-        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
-        "max_ms": pct(1.0), "mean_ms": mean,
-    }))
+        "source_hop": source_hop,
+        "replication": percentiles(replication_us),
+    });
+    // The end-to-end figures stay at the top level, as runs before the
+    // source reader recorded them.
+    if let (Some(o), Value::Object(e)) = (out.as_object_mut(), end_to_end) {
+        o.extend(e.into_iter().filter(|(k, _)| k != "count"));
+    }
+    Ok(out)
 }
