@@ -1020,14 +1020,24 @@ fn latency(
     let source_thread = {
         let (producing, warm_sent) = (Arc::clone(&producing), Arc::clone(&warm_sent));
         thread::spawn(move || {
-            read_arrivals(&source_reader, &producing, &warm_sent, warm_ns, total as usize)
+            read_arrivals(
+                &source_reader,
+                &producing,
+                &warm_sent,
+                warm_ns,
+                total as usize,
+            )
         })
     };
     let arrivals = read_arrivals(&consumer, &producing, &warm_sent, warm_ns, total as usize);
     if let Some(path) = samples {
         let mut out = String::with_capacity(arrivals.len() * 28);
         for a in &arrivals {
-            out.push_str(&format!("{} {}\n", a.sent_ns, (a.arrived_ns - a.sent_ns) / 1000));
+            out.push_str(&format!(
+                "{} {}\n",
+                a.sent_ns,
+                a.arrived_ns.saturating_sub(a.sent_ns) / 1000
+            ));
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
     }
