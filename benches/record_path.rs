@@ -9,6 +9,10 @@
 //!   `producer.send`: headers, the boxed delivery opaque and its `Arc` clone.
 //! - `producer_send`: librdkafka's own `send` (copying the record into its
 //!   queue), for scale: what Strait's code costs next to what it calls.
+//! - `topic_handle`: queueing the same records with the producer knowing 100
+//!   topics, the way rdkafka's `send` does it (by topic name: a C string and
+//!   a scan of the client's topics under its write lock, per record) and the
+//!   way the destination does it (through a [`TopicHandle`]).
 //! - `progress`: offset tracking, `register` of a batch and one `delivered`
 //!   per record, as the producer's delivery callback does.
 //!
@@ -25,8 +29,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
-use strait_actors::batch::Batch;
+use strait_actors::batch::{Batch, RecordView};
 use strait_actors::progress::{BatchAck, PartitionProgress};
+use strait_actors::topic_handle::TopicHandle;
 
 /// Records per batch: the default `batch_max_records` of `Tuning`.
 const BATCH: usize = 2_000;
@@ -187,50 +192,114 @@ fn destination_record(c: &mut Criterion) {
     g.finish();
 }
 
-fn producer_send(c: &mut Criterion) {
-    // No broker: records stay queued, and are purged between samples.
-    let producer: BaseProducer = ClientConfig::new()
+/// `record` for partition 0 of `topic` as rdkafka's `send` takes it, headers
+/// rebuilt as `OwnedHeaders`.
+fn base_record<'a>(topic: &'a str, record: &RecordView<'a>) -> BaseRecord<'a, [u8], [u8]> {
+    let mut out = BaseRecord::to(topic).partition(0);
+    out.key = record.key;
+    out.payload = record.value;
+    out.timestamp = record.timestamp;
+    out.headers = (record.header_count() > 0).then(|| {
+        record.headers().fold(
+            OwnedHeaders::new_with_capacity(record.header_count()),
+            |hs, (k, v)| hs.insert(Header { key: &k, value: v }),
+        )
+    });
+    out
+}
+
+/// A producer with no broker: records stay queued, and are purged between
+/// samples.
+fn unqueued_producer() -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", "127.0.0.1:1")
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("log_level", "0")
         .create()
-        .expect("a producer");
+        .expect("a producer")
+}
+
+fn producer_send(c: &mut Criterion) {
+    let producer = unqueued_producer();
     let mut g = c.benchmark_group("producer_send");
     for (name, headers) in [("no_headers", 0usize), ("1_header", 1)] {
         let batch = batch_of(&messages(BATCH, 1024, headers));
         g.throughput(Throughput::Elements(batch.len() as u64));
         g.bench_with_input(BenchmarkId::new(name, 1024), &batch, |b, batch| {
             b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    for record in batch.iter() {
-                        let headers = (record.header_count() > 0).then(|| {
-                            record.headers().fold(
-                                OwnedHeaders::new_with_capacity(record.header_count()),
-                                |hs, (k, v)| hs.insert(Header { key: &k, value: v }),
-                            )
-                        });
-                        let mut out: BaseRecord<'_, [u8], [u8]> =
-                            BaseRecord::to("bench.topic").partition(0);
-                        out.key = record.key;
-                        out.payload = record.value;
-                        out.timestamp = record.timestamp;
-                        out.headers = headers;
-                        if producer.send(out).is_err() {
-                            break;
-                        }
-                    }
-                    spent += start.elapsed();
-                    producer.purge(PurgeConfig::default().queue());
-                    producer.poll(Duration::ZERO);
-                }
-                spent
+                time_rounds(&producer, batch, iters, |record| {
+                    producer.send(base_record("bench.topic", record)).is_ok()
+                })
             })
         });
     }
     g.finish();
+}
+
+/// Times `produce` over every record of `batch`, `iters` times, purging the
+/// queue between rounds (there is no broker).
+fn time_rounds(
+    producer: &BaseProducer,
+    batch: &Batch,
+    iters: u64,
+    mut produce: impl FnMut(&RecordView<'_>) -> bool,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        for record in batch.iter() {
+            if !produce(&record) {
+                break;
+            }
+        }
+        spent += start.elapsed();
+        producer.purge(PurgeConfig::default().queue());
+        producer.poll(Duration::ZERO);
+    }
+    spent
+}
+
+fn topic_handle(c: &mut Criterion) {
+    let producer = Arc::new(unqueued_producer());
+    let names: Vec<Arc<str>> = (0..100)
+        .map(|i| format!("bench.w3.d{i:03}").into())
+        .collect();
+    // The producer knows every topic, as one copying 100 topics does.
+    let handles: Vec<TopicHandle> = names
+        .iter()
+        .map(|name| {
+            // SAFETY: the native pointer is this producer's own.
+            unsafe {
+                TopicHandle::new(
+                    Arc::clone(&producer) as Arc<dyn Send + Sync>,
+                    producer.client().native_ptr(),
+                    Arc::clone(name),
+                )
+            }
+            .expect("a topic handle")
+        })
+        .collect();
+    let target = &handles[57];
+    let batch = batch_of(&messages(BATCH, 1024, 1));
+    let mut g = c.benchmark_group("topic_handle");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("by_name_of_100", |b| {
+        b.iter_custom(|iters| {
+            time_rounds(&producer, &batch, iters, |record| {
+                producer.send(base_record(target.name(), record)).is_ok()
+            })
+        })
+    });
+    g.bench_function("by_handle_of_100", |b| {
+        b.iter_custom(|iters| {
+            time_rounds(&producer, &batch, iters, |record| {
+                target.produce(0, record, ()).is_ok()
+            })
+        })
+    });
+    g.finish();
+    drop(handles);
 }
 
 fn progress(c: &mut Criterion) {
@@ -290,6 +359,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = batch_push, headers, destination_record, producer_send, progress
+    targets = batch_push, headers, destination_record, producer_send, topic_handle, progress
 }
 criterion_main!(benches);

@@ -57,11 +57,18 @@ pub struct RecordView<'a> {
 impl<'a> RecordView<'a> {
     /// The record's headers in their original order, duplicates included.
     pub fn headers(&self) -> impl ExactSizeIterator<Item = (Cow<'a, str>, Option<&'a [u8]>)> + 'a {
+        // Names were copied from `&str`, so this never replaces anything.
+        self.raw_headers()
+            .map(|(name, value)| (String::from_utf8_lossy(name), value))
+    }
+
+    /// The record's headers as bytes, in their original order: for handing
+    /// to librdkafka, which takes names with their length.
+    pub fn raw_headers(&self) -> impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
         let batch = self.batch;
         self.headers.iter().map(move |h| {
             (
-                // Names were copied from `&str`, so this never replaces anything.
-                String::from_utf8_lossy(&batch.data[h.name.clone()]),
+                &batch.data[h.name.clone()],
                 h.value.clone().map(|r| &batch.data[r]),
             )
         })

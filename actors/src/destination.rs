@@ -12,6 +12,7 @@
 //! Topic creation is not done here but by [`crate::topic_admin`], so that it
 //! never waits behind a backed-up mailbox.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
 use crate::progress::BatchAck;
 use crate::spec::{ClusterSpec, OnError};
+use crate::topic_handle::TopicHandle;
 
 /// How long to wait before retrying a send refused because the producer's
 /// queue is full. Short: the queue drains at network speed.
@@ -275,6 +277,9 @@ pub type DestinationProducer = ThreadedProducer<DestinationContext>;
 
 /// Owns the destination producer. One per flow.
 pub struct Destination {
+    /// A handle per destination topic written so far (see
+    /// [`crate::topic_handle`]).
+    topics: HashMap<Arc<str>, Arc<TopicHandle>>,
     producer: Arc<DestinationProducer>,
     mailbox_capacity: usize,
     /// Batches waiting in the mailbox: copiers add, this actor takes away.
@@ -303,6 +308,7 @@ impl Destination {
         let _ = producer.context().producer.set(Arc::downgrade(&producer));
         Ok(Self {
             mailbox_depth: names::mailbox_depth(&producer.context().refusals.flow),
+            topics: HashMap::new(),
             producer,
             mailbox_capacity,
         })
@@ -346,13 +352,48 @@ impl Handler<WriteBatch> for Destination {
     fn handle(&mut self, msg: WriteBatch, _: &mut Context<Self>) -> Self::Result {
         self.mailbox_depth.decrement(1.0);
         let producer = Arc::clone(&self.producer);
-        AtomicResponse::new(Box::pin(write_batch(producer, msg).into_actor(self)))
+        let topic = self.topic(&msg.topic);
+        AtomicResponse::new(Box::pin(
+            async move {
+                let topic = topic.ok_or_else(|| ReplicationError::Produce {
+                    topic: msg.source_topic.to_string(),
+                    partition: msg.partition,
+                    offset: msg.batch.first_offset().unwrap_or(-1),
+                    destination_topic: msg.topic.to_string(),
+                    reason: "the producer refused a handle on the topic".into(),
+                })?;
+                write_batch(producer, topic, msg).await
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Destination {
+    /// The producer's handle on `topic`, made on first use.
+    fn topic(&mut self, topic: &Arc<str>) -> Option<Arc<TopicHandle>> {
+        if let Some(handle) = self.topics.get(topic) {
+            return Some(Arc::clone(handle));
+        }
+        let native = self.producer.client().native_ptr();
+        // SAFETY: `native` is this producer's own client.
+        let handle = unsafe {
+            TopicHandle::new(
+                Arc::clone(&self.producer) as Arc<dyn Send + Sync>,
+                native,
+                Arc::clone(topic),
+            )
+        }?;
+        let handle = Arc::new(handle);
+        self.topics.insert(Arc::clone(topic), Arc::clone(&handle));
+        Some(handle)
     }
 }
 
 /// Queues every record of the batch, waiting while the producer's queue is full.
 async fn write_batch(
     producer: Arc<DestinationProducer>,
+    topic: Arc<TopicHandle>,
     msg: WriteBatch,
 ) -> Result<(), ReplicationError> {
     let origin = Arc::new(Origin {
@@ -360,22 +401,16 @@ async fn write_batch(
         partition: msg.partition,
     });
     for record in msg.batch.iter() {
-        let mut out: BaseRecord<'_, [u8], [u8], Box<InFlight>> = BaseRecord::with_opaque_to(
-            &msg.topic,
-            Box::new(InFlight {
-                ack: Arc::clone(&msg.ack),
-                offset: record.offset,
-                origin: Arc::clone(&origin),
-                dead_letter: false,
-                alone: msg.alone,
-            }),
-        )
-        .partition(msg.partition);
-        out.key = record.key;
-        out.payload = record.value;
-        out.timestamp = record.timestamp;
-        out.headers = owned_headers(&record);
-        if let Err((error, refused)) = send_waiting(&producer, out).await {
+        let in_flight = Box::new(InFlight {
+            ack: Arc::clone(&msg.ack),
+            offset: record.offset,
+            origin: Arc::clone(&origin),
+            dead_letter: false,
+            alone: msg.alone,
+        });
+        if let Err((error, refused)) =
+            produce_waiting(producer.client(), &topic, msg.partition, &record, in_flight).await
+        {
             // Refused before it left: the same policy as a refused delivery.
             let content = RefusedRecord {
                 key: record.key,
@@ -386,7 +421,7 @@ async fn write_batch(
             // Refused by the producer itself: a verdict on this record alone.
             let in_flight = InFlight {
                 alone: true,
-                ..*refused.delivery_opaque
+                ..*refused
             };
             producer
                 .context()
@@ -432,29 +467,31 @@ pub(crate) fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
     })
 }
 
-/// Queues a record, waiting while the producer's queue is full: the wait is
-/// what propagates a slow destination back to the copiers.
-/// On error the record comes back, so its delivery opaque can be handled.
-#[allow(clippy::result_large_err)]
-pub async fn send_waiting<'a, C, K, P>(
-    producer: &ThreadedProducer<C>,
-    record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
-where
-    C: ProducerContext + 'static,
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
-    send_waiting_with(producer.client(), record, |r| producer.send(r)).await
+/// Queues a copy of `record` through `topic`, waiting while the producer's
+/// queue is full: the wait is what propagates a slow destination back to
+/// the copiers. On error the delivery opaque comes back, to be handled.
+async fn produce_waiting<C: ClientContext, O: rdkafka::util::IntoOpaque>(
+    client: &Client<C>,
+    topic: &TopicHandle,
+    partition: i32,
+    record: &RecordView<'_>,
+    opaque: O,
+) -> Result<(), (KafkaError, O)> {
+    queue_waiting(client, topic.name(), Some(partition), opaque, |o| {
+        topic
+            .produce(partition, record, o)
+            .map_err(|(code, o)| (KafkaError::MessageProduction(code), o))
+    })
+    .await
 }
 
-/// [`send_waiting`] for any producer of `client`: `send` queues the record.
-/// Its delivery reports must be served elsewhere (only that frees a full
-/// queue).
+/// Queues a record with `send`, for any producer of `client`, waiting while
+/// the producer's queue is full. Its delivery reports must be served
+/// elsewhere (only that frees a full queue).
 #[allow(clippy::result_large_err)]
 pub async fn send_waiting_with<'a, C, K, P, O>(
     client: &Client<C>,
-    mut record: BaseRecord<'a, K, P, O>,
+    record: BaseRecord<'a, K, P, O>,
     send: impl Fn(BaseRecord<'a, K, P, O>) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>,
 ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, O>)>
 where
@@ -463,12 +500,27 @@ where
     P: rdkafka::message::ToBytes + ?Sized,
     O: rdkafka::util::IntoOpaque,
 {
+    let (topic, partition) = (record.topic, record.partition);
+    queue_waiting(client, topic, partition, record, send).await
+}
+
+/// Calls `queue` until it takes `item` for `topic`: again after a moment
+/// while the producer's queue is full, and once more after a metadata
+/// refresh when the partition is unknown. Any other refusal, and `item`,
+/// come back.
+async fn queue_waiting<C: ClientContext, T>(
+    client: &Client<C>,
+    topic: &str,
+    partition: Option<i32>,
+    mut item: T,
+    queue: impl Fn(T) -> Result<(), (KafkaError, T)>,
+) -> Result<(), (KafkaError, T)> {
     let mut metadata_refreshed = false;
     loop {
-        match send(record) {
+        match queue(item) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
+                item = back;
                 tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
             }
             // The destination topic may have just gained partitions (the flow
@@ -480,9 +532,9 @@ where
                 if !metadata_refreshed =>
             {
                 metadata_refreshed = true;
-                record = back;
-                tracing::info!(destination_topic = record.topic, partition = record.partition.unwrap_or(-1), "partition unknown to the producer; refreshing the destination topic's metadata");
-                let _ = client.fetch_metadata(Some(record.topic), METADATA_REFRESH_TIMEOUT);
+                item = back;
+                tracing::info!(destination_topic = topic, partition = partition.unwrap_or(-1), "partition unknown to the producer; refreshing the destination topic's metadata");
+                let _ = client.fetch_metadata(Some(topic), METADATA_REFRESH_TIMEOUT);
             }
             Err(refused) => return Err(refused),
         }

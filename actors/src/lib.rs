@@ -40,6 +40,7 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod topic_admin;
+pub mod topic_handle;
 pub mod transactional;
 
 pub use error::{ReplicationError, SpecError};
