@@ -12,8 +12,9 @@
 //! - [`copier`]: one per assigned partition. Takes its partition's batches and
 //!   sends them to the destination, one at a time.
 //! - [`destination`]: the destination cluster's supervisor. Owns the producer and
-//!   writes batches through a bounded mailbox; [`topic_admin`] creates and grows
-//!   destination topics beside it.
+//!   writes batches through a bounded mailbox, each topic through its
+//!   [`topic_handle`]; [`topic_admin`] creates and grows destination topics
+//!   beside it.
 //! - [`flow`]: wires one flow together and turns topic events into actions.
 //!
 //! Exactly-once flows write through [`transactional`] (one transactional
