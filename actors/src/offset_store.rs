@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
@@ -124,6 +125,10 @@ pub async fn ensure_internal_topic(
 /// A copier asks after its `init_transactions` fenced the partition's older
 /// owner, and must see every entry committed before it asked; so an answer
 /// always comes from a read that began after the question.
+///
+/// The reader keeps its two clients from one read to the next: creating
+/// and destroying them took 0.2–0.5 s of each read, and a flow's copiers,
+/// opening their producers a few at a time, ask in several waves at start.
 #[derive(Debug)]
 pub struct OffsetMapReader {
     cluster: ClusterSpec,
@@ -132,6 +137,8 @@ pub struct OffsetMapReader {
     asked: AtomicU64,
     /// Reads done so far.
     reads: AtomicU64,
+    /// Times the reader made its clients.
+    client_sets: Arc<AtomicU64>,
     last: tokio::sync::Mutex<LastRead>,
 }
 
@@ -140,6 +147,8 @@ struct LastRead {
     /// The read began after every ticket up to this one was handed out.
     covers: u64,
     map: BTreeMap<(String, i32), i64>,
+    /// The clients of the last read, unless it failed.
+    clients: Option<MapClients>,
 }
 
 impl OffsetMapReader {
@@ -150,6 +159,7 @@ impl OffsetMapReader {
             group_id,
             asked: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            client_sets: Arc::new(AtomicU64::new(0)),
             last: tokio::sync::Mutex::new(LastRead::default()),
         }
     }
@@ -166,13 +176,43 @@ impl OffsetMapReader {
             // Every ticket up to `covers` was handed out before this read starts.
             let covers = self.asked.load(Ordering::SeqCst);
             let (cluster, group) = (self.cluster.clone(), self.group_id.clone());
-            let map = tokio::task::spawn_blocking(move || read(&cluster, &group))
-                .await
-                .map_err(|_| ReplicationError::ActorGone {
-                    actor: "offset map reader",
-                })??;
+            let clients = last.clients.take();
+            let client_sets = Arc::clone(&self.client_sets);
+            let began = Instant::now();
+            // librdkafka's calls block: off the arbiter.
+            let (map, clients) = tokio::task::spawn_blocking(move || {
+                let clients = match clients {
+                    Some(clients) => clients,
+                    None => match MapClients::new(&cluster, &group) {
+                        Ok(clients) => {
+                            client_sets.fetch_add(1, Ordering::SeqCst);
+                            clients
+                        }
+                        Err(e) => return (Err(e), None),
+                    },
+                };
+                match clients.read(&cluster, &group) {
+                    Ok(map) => (Ok(map), Some(clients)),
+                    // The clients may be what failed: the next read makes new ones.
+                    Err(e) => (Err(e), None),
+                }
+            })
+            .await
+            .map_err(|_| ReplicationError::ActorGone {
+                actor: "offset map reader",
+            })?;
+            last.clients = clients;
+            let map = map?;
             self.reads.fetch_add(1, Ordering::SeqCst);
-            *last = LastRead { covers, map };
+            tracing::debug!(
+                group = %self.group_id,
+                entries = map.len(),
+                questions = covers - last.covers,
+                seconds = began.elapsed().as_secs_f64(),
+                "read the offset map"
+            );
+            last.covers = covers;
+            last.map = map;
         }
         Ok(last.map.get(&(topic.to_string(), partition)).copied())
     }
@@ -181,57 +221,122 @@ impl OffsetMapReader {
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
     }
+
+    /// How many times the reader made its clients: once, unless a read failed.
+    pub fn client_sets(&self) -> u64 {
+        self.client_sets.load(Ordering::SeqCst)
+    }
 }
 
-/// Reads the committed offset map entries of `group_id`, keyed by (topic, partition).
-/// Blocking: call it off the arbiter. Only committed transactions are read.
+impl Drop for OffsetMapReader {
+    fn drop(&mut self) {
+        // Destroying a client waits for its threads: not on the arbiter.
+        if let Some(clients) = self.last.get_mut().clients.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn_blocking(move || drop(clients));
+            }
+        }
+    }
+}
+
+/// Reads the committed offset map entries of `group_id`, keyed by (topic,
+/// partition), with clients of its own. Blocking: call it off the arbiter.
+/// Only committed transactions are read.
 pub fn read(
     cluster: &ClusterSpec,
     group_id: &str,
 ) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
-    let unreachable = |source: KafkaError| ReplicationError::Unreachable {
-        cluster: cluster.alias.clone(),
-        bootstrap: cluster.bootstrap_servers().to_string(),
-        source,
-    };
-    let consumer = map_reader(cluster, group_id, "read_committed")?;
-    let metadata = consumer
-        .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(10))
-        .map_err(unreachable)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32);
-    // Read up to the end each partition has now: other copiers commit to this
-    // topic all the time, so waiting for "end of partition" may never end.
-    // The end is the high watermark, asked for read_uncommitted: a
-    // read_committed client is told the last stable offset, which a
-    // transaction still open elsewhere (another partition's zombie, not yet
-    // fenced) holds back below entries committed after it began, so the read
-    // stopped short and answered with an older entry (records copied twice,
-    // seen in the SIGKILL test). Reaching the high watermark read_committed
-    // waits for those transactions to end instead.
-    let ends_client = map_reader(cluster, group_id, "read_uncommitted")?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for p in 0..partitions {
-        let (low, high) = ends_client
-            .fetch_watermarks(OFFSETS_TOPIC, p, Duration::from_secs(10))
+    MapClients::new(cluster, group_id)?.read(cluster, group_id)
+}
+
+/// The clients that read the map: one reads the entries, the other asks
+/// where each partition ends.
+struct MapClients {
+    entries: BaseConsumer<LoggingContext>,
+    ends: BaseConsumer<LoggingContext>,
+}
+
+impl std::fmt::Debug for MapClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MapClients")
+    }
+}
+
+impl MapClients {
+    fn new(cluster: &ClusterSpec, group_id: &str) -> Result<Self, ReplicationError> {
+        Ok(Self {
+            entries: map_reader(cluster, group_id, "read_committed")?,
+            // Read up to the end each partition has now: other copiers
+            // commit to this topic all the time, so waiting for "end of
+            // partition" may never end. The end is the high watermark,
+            // asked for read_uncommitted: a read_committed client is told
+            // the last stable offset, which a transaction still open
+            // elsewhere (another partition's zombie, not yet fenced) holds
+            // back below entries committed after it began, so the read
+            // stopped short and answered with an older entry (records
+            // copied twice, seen in the SIGKILL test). Reaching the high
+            // watermark read_committed waits for those transactions to end
+            // instead.
+            ends: map_reader(cluster, group_id, "read_uncommitted")?,
+        })
+    }
+
+    /// Reads the map from its start to the ends it has now. Blocking.
+    fn read(
+        &self,
+        cluster: &ClusterSpec,
+        group_id: &str,
+    ) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
+        let unreachable = |source: KafkaError| ReplicationError::Unreachable {
+            cluster: cluster.alias.clone(),
+            bootstrap: cluster.bootstrap_servers().to_string(),
+            source,
+        };
+        let consumer = &self.entries;
+        let metadata = consumer
+            .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(10))
             .map_err(unreachable)?;
-        if high > low {
-            let _ = tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::Offset(low));
-            ends.push((p, high));
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32);
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in 0..partitions {
+            let (low, high) = self
+                .ends
+                .fetch_watermarks(OFFSETS_TOPIC, p, Duration::from_secs(10))
+                .map_err(unreachable)?;
+            if high > low {
+                let _ = tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::Offset(low));
+                ends.push((p, high));
+            }
         }
+        let mut stored = BTreeMap::new();
+        if ends.is_empty() {
+            return Ok(stored);
+        }
+        consumer.assign(&tpl).map_err(unreachable)?;
+        let result = read_entries(consumer, group_id, &ends, &mut stored, cluster);
+        // Between reads the consumer fetches nothing.
+        consumer.unassign().map_err(unreachable)?;
+        result.map(|()| stored)
     }
-    let mut stored = BTreeMap::new();
-    if ends.is_empty() {
-        return Ok(stored);
-    }
-    consumer.assign(&tpl).map_err(unreachable)?;
+}
+
+/// Consumes the assigned map partitions up to `ends`, keeping `group_id`'s
+/// entries in `stored`.
+fn read_entries(
+    consumer: &BaseConsumer<LoggingContext>,
+    group_id: &str,
+    ends: &[(i32, i64)],
+    stored: &mut BTreeMap<(String, i32), i64>,
+    cluster: &ClusterSpec,
+) -> Result<(), ReplicationError> {
     let prefix = format!("{group_id}/");
     let deadline = Instant::now() + READ_TIMEOUT;
-    while !reached(&consumer, &ends) {
+    while !reached(consumer, ends) {
         if Instant::now() > deadline {
             return Err(ReplicationError::OffsetMap {
                 cluster: cluster.alias.clone(),
@@ -268,7 +373,7 @@ pub fn read(
             Some(Err(e)) => tracing::warn!(error = %e, "reading {OFFSETS_TOPIC}"),
         }
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// A consumer of [`OFFSETS_TOPIC`] that joins no group and commits nothing.

@@ -103,3 +103,34 @@ fn a_read_that_began_before_the_question_does_not_answer_it() {
     );
     assert_eq!(reader.reads(), 2);
 }
+
+#[test]
+fn the_reader_keeps_its_clients_from_one_read_to_the_next() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(OFFSETS_TOPIC, 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let reader = OffsetMapReader::new(cluster(&bootstrap), GROUP.into());
+    let rt = runtime();
+    // An empty map, then entries: the reused consumer must read them from
+    // the start each time, and see each entry's latest value.
+    assert_eq!(
+        rt.block_on(reader.next_offset("events", 3)).expect("read"),
+        None
+    );
+    for (round, offset) in [10_i64, 20, 30].into_iter().enumerate() {
+        store(&bootstrap, 3, offset);
+        store(&bootstrap, 4, offset + 1);
+        assert_eq!(
+            rt.block_on(reader.next_offset("events", 3)).expect("read"),
+            Some(offset),
+            "round {round}"
+        );
+        assert_eq!(
+            rt.block_on(reader.next_offset("events", 4)).expect("read"),
+            Some(offset + 1),
+            "round {round}"
+        );
+    }
+    assert_eq!(reader.reads(), 7);
+    assert_eq!(reader.client_sets(), 1, "one set of clients for every read");
+}
