@@ -46,6 +46,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::batch::Batch;
+use crate::fetch_waker::FetchWaker;
 use crate::metrics::{self as names, labels};
 
 /// How long the thread may hold off polling because the budget is full before
@@ -293,6 +294,9 @@ pub struct Routes {
     hold_new: bool,
     /// Parcels say whether they reach the partition's end.
     mark_head: bool,
+    /// Partitions resumed since the reading loop last looked: their
+    /// fetchers are woken (see [`crate::fetch_waker`]).
+    resumed: Vec<(Arc<str>, i32)>,
 }
 
 impl Routes {
@@ -313,6 +317,7 @@ impl Routes {
             commands,
             hold_new: false,
             mark_head: false,
+            resumed: Vec::new(),
         }
     }
 
@@ -469,6 +474,7 @@ impl Routes {
         let head = self.mark_head.then_some(consumer);
         let room = budget.has_room();
         let map = &mut self.map;
+        let resumed = &mut self.resumed;
         let mut blocked = false;
         self.open.retain(|(topic, partition)| {
             let Some(route) = map.get_mut(topic).and_then(|p| p.get_mut(partition)) else {
@@ -485,6 +491,7 @@ impl Routes {
             if route.paused && !route.held && route.open.is_none() && room {
                 route.paused = false;
                 pause_or_resume(consumer, topic, *partition, false);
+                resumed.push((Arc::clone(topic), *partition));
             }
             if let Some(since) = route.full_since.filter(|_| !route.paused) {
                 if since.elapsed() >= PAUSE_PARTITION_AFTER {
@@ -564,6 +571,7 @@ impl Routes {
                 if route.paused {
                     route.paused = false;
                     pause_or_resume(consumer, &topic, partition, false);
+                    self.resumed.push((Arc::clone(&topic), partition));
                 }
                 if let Some(offset) = offset {
                     route.skip_below = Some(offset);
@@ -673,22 +681,26 @@ fn lock<C: Routed>(consumer: &BaseConsumer<C>) -> std::sync::MutexGuard<'_, Rout
 }
 
 /// The reading loop; returns once `stop` is set.
-pub fn run<C: Routed>(
-    consumer: &BaseConsumer<C>,
+pub fn run<C: Routed + 'static>(
+    consumer: &Arc<BaseConsumer<C>>,
     commands: &mpsc::Receiver<Command>,
     budget: &BatchBudget,
     stop: &AtomicBool,
 ) {
+    let waker = FetchWaker::spawn(Arc::clone(consumer));
+    let consumer: &BaseConsumer<C> = consumer;
     let mut errors = ErrorLog::default();
     let mut full_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        let flushed = {
+        let (flushed, resumed) = {
             let mut routes = lock(consumer);
             while let Ok(command) = commands.try_recv() {
                 routes.apply(consumer, command);
             }
-            routes.flush(consumer)
+            let flushed = routes.flush(consumer);
+            (flushed, std::mem::take(&mut routes.resumed))
         };
+        waker.wake(resumed);
         if flushed.blocked {
             nap();
             continue;
@@ -830,6 +842,10 @@ mod tests {
             route(&routes, "t", 0).paused,
             "still paused: the copier is not ready"
         );
+        assert!(
+            routes.resumed.is_empty(),
+            "nothing resumed, nothing to wake"
+        );
 
         inbox.rewind(Some(7));
         let command = received
@@ -839,6 +855,11 @@ mod tests {
         let released = route(&routes, "t", 0);
         assert!(!released.held && !released.paused, "read from now on");
         assert_eq!(released.skip_below, Some(7));
+        assert_eq!(
+            routes.resumed,
+            vec![(Arc::from("t"), 0)],
+            "the reading loop wakes the fetcher of the resumed partition"
+        );
     }
 
     #[test]

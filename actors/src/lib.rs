@@ -6,7 +6,8 @@
 //! - [`source`]: the source cluster's supervisor. Owns the consumer-group member,
 //!   starts and stops one copier per partition on rebalances, commits progress.
 //!   Its reading thread ([`dispatcher`]) polls the consumer and hands each
-//!   partition's records, in batches, to that partition's copier.
+//!   partition's records, in batches, to that partition's copier;
+//!   [`fetch_waker`] gets resumed partitions fetched at once.
 //! - [`discovery`]: polls the source's metadata and emits [`discovery::TopicEvent`]s
 //!   (added, partitions increased, config changed, removed).
 //! - [`copier`]: one per assigned partition. Takes its partition's batches and
@@ -33,6 +34,7 @@ pub mod destination;
 pub mod discovery;
 pub mod dispatcher;
 pub mod error;
+pub mod fetch_waker;
 pub mod flow;
 pub mod metrics;
 pub mod offset_store;
