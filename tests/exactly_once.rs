@@ -6,9 +6,13 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::cluster::shared_pair;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use strait_actors::{transactional, ClusterSpec};
+use support::cluster::{shared_pair, KafkaCluster};
 use support::records::{
     create_topic, id_records, produce, read_topic, unique_name, verify_copy,
     wait_for_complete_copy, wait_until, Delivery,
@@ -99,4 +103,45 @@ fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_in
     );
     strait.stop();
     verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
+}
+
+/// Whether `bootstrap`'s cluster lists `topic` (internal topics included).
+fn has_topic(bootstrap: &str, topic: &str) -> bool {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(30))
+        .expect("metadata");
+    metadata.topics().iter().any(|t| t.name() == topic)
+}
+
+#[test]
+fn warm_up_brings_up_the_transaction_coordinator_of_a_destination_that_never_saw_a_transaction() {
+    // A cluster of its own: the shared one has seen transactions.
+    let destination = KafkaCluster::start("eos-warm-up");
+    let dst = destination.bootstrap();
+    assert!(
+        !has_topic(dst, "__transaction_state"),
+        "a new cluster has no transaction log yet"
+    );
+    let spec = ClusterSpec {
+        alias: "destination".into(),
+        properties: BTreeMap::from([("bootstrap.servers".to_string(), dst.to_string())]),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(transactional::warm_up(
+            &spec,
+            &unique_name("strait.warm-up"),
+        ))
+        .expect("the warm-up's init_transactions succeeds");
+    assert!(
+        has_topic(dst, "__transaction_state"),
+        "the warm-up created the transaction log, so the copiers find its coordinator"
+    );
 }

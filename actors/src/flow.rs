@@ -33,6 +33,7 @@ use crate::status::{FlowState, FlowStatus, StatusBoard, TopicStatus};
 use crate::topic_admin::{
     ConfigOutcome, Ensured, FailureKind, Layout, TopicAdmin, TopicFailure, TopicPlan,
 };
+use crate::transactional;
 
 /// Longest wait between two attempts to create a destination topic.
 const TOPIC_RETRY_MAX: Duration = Duration::from_secs(60);
@@ -598,10 +599,32 @@ impl FlowSupervisor {
     }
 }
 
+impl FlowSupervisor {
+    /// Exactly-once: brings the destination's transaction coordinator up
+    /// while the flow creates topics and joins the group, instead of after
+    /// (see [`transactional::warm_up`]). Nothing waits for it; if it fails,
+    /// the copiers' own `init_transactions` say why.
+    fn warm_up_transactions(&mut self, ctx: &mut Context<Self>) {
+        let spec = Arc::clone(&self.spec);
+        let work = async move {
+            let began = Instant::now();
+            let result = transactional::warm_up(&spec.destination, &spec.group_id).await;
+            (result, began.elapsed())
+        };
+        ctx.spawn(work.into_actor(self).map(|(result, took), act, _| match result {
+            Ok(()) => tracing::debug!(flow = %act.spec.name, seconds = took.as_secs_f64(), "the destination's transaction coordinator is up"),
+            Err(error) => tracing::debug!(flow = %act.spec.name, error = %error, "warming up the destination's transaction coordinator"),
+        }));
+    }
+}
+
 impl Actor for FlowSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.spec.delivery == Delivery::ExactlyOnce {
+            self.warm_up_transactions(ctx);
+        }
         self.prepare_internal_topics(ctx);
     }
 

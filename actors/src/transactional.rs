@@ -213,6 +213,51 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Brings the destination's transaction coordinator up before the copiers
+/// need it. On a destination that never saw a transaction, the first
+/// `FindCoordinator` creates `__transaction_state` and the first
+/// `InitProducerId` waits for producer ids from the controller; librdkafka
+/// retries both on timers, and an exactly-once flow's copiers, which open
+/// their producers only once the group has assigned them partitions, waited
+/// 0.6 s for that after the assignment (BENCHMARKS.md). Started with the
+/// flow, it overlaps with topic creation and the group's join. Its
+/// transactional id, `<group_id>.strait-warm-up`, never holds a transaction;
+/// it shares the copiers' prefix, so ACLs that let them use `<group_id>.*`
+/// cover it, and ends in no partition number, so it is no copier's.
+pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), ReplicationError> {
+    let transactional_id = format!("{group_id}.strait-warm-up");
+    let config = client_config(
+        cluster,
+        &[("enable.metrics.push", "false".into())],
+        &[
+            ("transactional.id", transactional_id.clone()),
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+        ],
+    );
+    let context = TransactionContext {
+        cluster: cluster.alias.clone(),
+        failures: Mutex::new(Vec::new()),
+    };
+    let alias = cluster.alias.clone();
+    // Creating, initialising and dropping the producer all block.
+    blocking(move || {
+        let producer: TxProducer = config.create_with_context(context).map_err(|source| {
+            ReplicationError::ClientCreation {
+                cluster: alias.clone(),
+                source,
+            }
+        })?;
+        producer
+            .init_transactions(TRANSACTION_TIMEOUT)
+            .map_err(|e| ReplicationError::Transaction {
+                cluster: alias,
+                reason: format!("init_transactions for `{transactional_id}`: {e}"),
+            })
+    })
+    .await?
+}
+
 /// A transactional producer without a polling thread of its own.
 pub(crate) type TxProducer = BaseProducer<TransactionContext>;
 
