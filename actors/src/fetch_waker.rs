@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -29,6 +29,11 @@ type Partitions = Vec<(Arc<str>, i32)>;
 
 /// How long one wake-up waits for its answer; it is not needed, only sent.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The least time between two wake-ups: a flow whose partitions are paused
+/// and resumed over and over (a slow destination) asks its brokers at most
+/// 20 times a second; what is resumed meanwhile is woken with the next.
+const MIN_SPACING: Duration = Duration::from_millis(50);
 
 /// A handle to the waking thread; dropping it stops and joins the thread.
 pub struct FetchWaker {
@@ -100,6 +105,7 @@ fn serve<C: ConsumerContext>(
     answered: &AtomicU64,
 ) {
     while let Ok(first) = received.recv() {
+        let began = Instant::now();
         let mut partitions = first;
         while let Ok(more) = received.try_recv() {
             partitions.extend(more);
@@ -127,5 +133,6 @@ fn serve<C: ConsumerContext>(
                 tracing::debug!(error = %error, partitions = partitions.len(), "waking the fetchers of resumed partitions");
             }
         }
+        std::thread::sleep(MIN_SPACING.saturating_sub(began.elapsed()));
     }
 }
