@@ -126,9 +126,14 @@ pub async fn ensure_internal_topic(
 /// owner, and must see every entry committed before it asked; so an answer
 /// always comes from a read that began after the question.
 ///
-/// The reader keeps its two clients from one read to the next: creating
-/// and destroying them took 0.2–0.5 s of each read, and a flow's copiers,
+/// The reader keeps the client that asks where the map ends from one read
+/// to the next, and reads the entries with a new consumer whose teardown
+/// it does not wait for: creating two clients, connecting them and
+/// destroying them took 0.2–0.5 s of each read, and a flow's copiers,
 /// opening their producers a few at a time, ask in several waves at start.
+/// (A consumer kept and assigned again could report the position of its
+/// previous read until librdkafka had processed the unassignment, which
+/// would end a read before it began.)
 #[derive(Debug)]
 pub struct OffsetMapReader {
     cluster: ClusterSpec,
@@ -137,8 +142,8 @@ pub struct OffsetMapReader {
     asked: AtomicU64,
     /// Reads done so far.
     reads: AtomicU64,
-    /// Times the reader made its clients.
-    client_sets: Arc<AtomicU64>,
+    /// Times the reader made the client that asks where the map ends.
+    ends_clients_made: Arc<AtomicU64>,
     last: tokio::sync::Mutex<LastRead>,
 }
 
@@ -147,8 +152,8 @@ struct LastRead {
     /// The read began after every ticket up to this one was handed out.
     covers: u64,
     map: BTreeMap<(String, i32), i64>,
-    /// The clients of the last read, unless it failed.
-    clients: Option<MapClients>,
+    /// The client that asked where the map ends, unless the read failed.
+    ends_client: Option<MapEnds>,
 }
 
 impl OffsetMapReader {
@@ -159,7 +164,7 @@ impl OffsetMapReader {
             group_id,
             asked: AtomicU64::new(0),
             reads: AtomicU64::new(0),
-            client_sets: Arc::new(AtomicU64::new(0)),
+            ends_clients_made: Arc::new(AtomicU64::new(0)),
             last: tokio::sync::Mutex::new(LastRead::default()),
         }
     }
@@ -176,24 +181,24 @@ impl OffsetMapReader {
             // Every ticket up to `covers` was handed out before this read starts.
             let covers = self.asked.load(Ordering::SeqCst);
             let (cluster, group) = (self.cluster.clone(), self.group_id.clone());
-            let clients = last.clients.take();
-            let client_sets = Arc::clone(&self.client_sets);
+            let ends = last.ends_client.take();
+            let made = Arc::clone(&self.ends_clients_made);
             let began = Instant::now();
             // librdkafka's calls block: off the arbiter.
-            let (map, clients) = tokio::task::spawn_blocking(move || {
-                let clients = match clients {
-                    Some(clients) => clients,
-                    None => match MapClients::new(&cluster, &group) {
-                        Ok(clients) => {
-                            client_sets.fetch_add(1, Ordering::SeqCst);
-                            clients
+            let (map, ends) = tokio::task::spawn_blocking(move || {
+                let ends = match ends {
+                    Some(ends) => ends,
+                    None => match MapEnds::new(&cluster, &group) {
+                        Ok(ends) => {
+                            made.fetch_add(1, Ordering::SeqCst);
+                            ends
                         }
                         Err(e) => return (Err(e), None),
                     },
                 };
-                match clients.read(&cluster, &group) {
-                    Ok(map) => (Ok(map), Some(clients)),
-                    // The clients may be what failed: the next read makes new ones.
+                match ends.read(&cluster, &group, dispose_in_background) {
+                    Ok(map) => (Ok(map), Some(ends)),
+                    // The client may be what failed: the next read makes a new one.
                     Err(e) => (Err(e), None),
                 }
             })
@@ -201,7 +206,7 @@ impl OffsetMapReader {
             .map_err(|_| ReplicationError::ActorGone {
                 actor: "offset map reader",
             })?;
-            last.clients = clients;
+            last.ends_client = ends;
             let map = map?;
             self.reads.fetch_add(1, Ordering::SeqCst);
             tracing::debug!(
@@ -222,18 +227,19 @@ impl OffsetMapReader {
         self.reads.load(Ordering::SeqCst)
     }
 
-    /// How many times the reader made its clients: once, unless a read failed.
-    pub fn client_sets(&self) -> u64 {
-        self.client_sets.load(Ordering::SeqCst)
+    /// How many times the reader made the client that asks where the map
+    /// ends: once, unless a read failed.
+    pub fn ends_clients_made(&self) -> u64 {
+        self.ends_clients_made.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for OffsetMapReader {
     fn drop(&mut self) {
         // Destroying a client waits for its threads: not on the arbiter.
-        if let Some(clients) = self.last.get_mut().clients.take() {
+        if let Some(ends) = self.last.get_mut().ends_client.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn_blocking(move || drop(clients));
+                runtime.spawn_blocking(move || drop(ends));
             }
         }
     }
@@ -246,54 +252,57 @@ pub fn read(
     cluster: &ClusterSpec,
     group_id: &str,
 ) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
-    MapClients::new(cluster, group_id)?.read(cluster, group_id)
+    MapEnds::new(cluster, group_id)?.read(cluster, group_id, drop)
 }
 
-/// The clients that read the map: one reads the entries, the other asks
-/// where each partition ends.
-struct MapClients {
-    entries: BaseConsumer<LoggingContext>,
-    ends: BaseConsumer<LoggingContext>,
+/// Drops a consumer on tokio's blocking pool, where there is one, so that
+/// a read does not wait for its teardown; otherwise here.
+fn dispose_in_background(consumer: BaseConsumer<LoggingContext>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(consumer));
+        }
+        Err(_) => drop(consumer),
+    }
 }
 
-impl std::fmt::Debug for MapClients {
+/// The client that asks where each partition of the map ends (and how many
+/// there are). The end is the high watermark, asked for read_uncommitted:
+/// other copiers commit to this topic all the time, so waiting for "end of
+/// partition" may never end; and a read_committed client is told the last
+/// stable offset, which a transaction still open elsewhere (another
+/// partition's zombie, not yet fenced) holds back below entries committed
+/// after it began, so the read stopped short and answered with an older
+/// entry (records copied twice, seen in the SIGKILL test). Reaching the high
+/// watermark read_committed waits for those transactions to end instead.
+struct MapEnds(BaseConsumer<LoggingContext>);
+
+impl std::fmt::Debug for MapEnds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MapClients")
+        f.write_str("MapEnds")
     }
 }
 
-impl MapClients {
+impl MapEnds {
     fn new(cluster: &ClusterSpec, group_id: &str) -> Result<Self, ReplicationError> {
-        Ok(Self {
-            entries: map_reader(cluster, group_id, "read_committed")?,
-            // Read up to the end each partition has now: other copiers
-            // commit to this topic all the time, so waiting for "end of
-            // partition" may never end. The end is the high watermark,
-            // asked for read_uncommitted: a read_committed client is told
-            // the last stable offset, which a transaction still open
-            // elsewhere (another partition's zombie, not yet fenced) holds
-            // back below entries committed after it began, so the read
-            // stopped short and answered with an older entry (records
-            // copied twice, seen in the SIGKILL test). Reaching the high
-            // watermark read_committed waits for those transactions to end
-            // instead.
-            ends: map_reader(cluster, group_id, "read_uncommitted")?,
-        })
+        Ok(Self(map_reader(cluster, group_id, "read_uncommitted")?))
     }
 
-    /// Reads the map from its start to the ends it has now. Blocking.
+    /// Reads the map from its start to the ends it has now, with a new
+    /// read_committed consumer handed to `dispose` afterwards. Blocking.
     fn read(
         &self,
         cluster: &ClusterSpec,
         group_id: &str,
+        dispose: impl FnOnce(BaseConsumer<LoggingContext>),
     ) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
         let unreachable = |source: KafkaError| ReplicationError::Unreachable {
             cluster: cluster.alias.clone(),
             bootstrap: cluster.bootstrap_servers().to_string(),
             source,
         };
-        let consumer = &self.entries;
-        let metadata = consumer
+        let metadata = self
+            .0
             .fetch_metadata(Some(OFFSETS_TOPIC), Duration::from_secs(10))
             .map_err(unreachable)?;
         let partitions = metadata
@@ -305,7 +314,7 @@ impl MapClients {
         let mut ends = Vec::new();
         for p in 0..partitions {
             let (low, high) = self
-                .ends
+                .0
                 .fetch_watermarks(OFFSETS_TOPIC, p, Duration::from_secs(10))
                 .map_err(unreachable)?;
             if high > low {
@@ -317,10 +326,10 @@ impl MapClients {
         if ends.is_empty() {
             return Ok(stored);
         }
+        let consumer = map_reader(cluster, group_id, "read_committed")?;
         consumer.assign(&tpl).map_err(unreachable)?;
-        let result = read_entries(consumer, group_id, &ends, &mut stored, cluster);
-        // Between reads the consumer fetches nothing.
-        consumer.unassign().map_err(unreachable)?;
+        let result = read_entries(&consumer, group_id, &ends, &mut stored, cluster);
+        dispose(consumer);
         result.map(|()| stored)
     }
 }
