@@ -51,6 +51,11 @@ use crate::spec::ClusterSpec;
 /// How long one transaction call may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the warm-up waits for the coordinator: past it, the copiers'
+/// own `init_transactions` wait instead. Short, since a stopping Strait
+/// waits for it to return (it blocks a thread of tokio's blocking pool).
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The producer's `linger.ms`: records wait for a flush or the commit, which
 /// sends them in one request (see the module comment). Were they to leave
 /// earlier, the records written after them would wait behind that request.
@@ -249,7 +254,7 @@ pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), Replic
             }
         })?;
         producer
-            .init_transactions(TRANSACTION_TIMEOUT)
+            .init_transactions(WARM_UP_TIMEOUT)
             .map_err(|e| ReplicationError::Transaction {
                 cluster: alias,
                 reason: format!("init_transactions for `{transactional_id}`: {e}"),
