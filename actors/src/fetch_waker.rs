@@ -115,13 +115,9 @@ fn serve<C: ConsumerContext>(
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &partitions {
             // For `offsets_for_times` the offset is a timestamp; "end" asks
-            // for the latest offset, which the broker has at hand.
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::End)
-                .is_err()
-            {
-                continue;
-            }
+            // for the latest offset, which the broker has at hand. A partition
+            // that cannot be added waits for librdkafka's next pass.
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::End);
         }
         // A partition revoked meanwhile, or a broker slow to answer, only
         // means that its fetch waits for librdkafka's next pass.

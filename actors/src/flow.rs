@@ -597,9 +597,7 @@ impl FlowSupervisor {
             }
         }));
     }
-}
 
-impl FlowSupervisor {
     /// Exactly-once: brings the destination's transaction coordinator up
     /// while the flow creates topics and joins the group, instead of after
     /// (see [`transactional::warm_up`]). Nothing waits for it; if it fails,

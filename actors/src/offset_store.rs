@@ -196,7 +196,7 @@ impl OffsetMapReader {
                         Err(e) => return (Err(e), None),
                     },
                 };
-                match ends.read(&cluster, &group, dispose_in_background) {
+                match ends.read(&cluster, &group) {
                     Ok(map) => (Ok(map), Some(ends)),
                     // The client may be what failed: the next read makes a new one.
                     Err(e) => (Err(e), None),
@@ -236,33 +236,21 @@ impl OffsetMapReader {
 
 impl Drop for OffsetMapReader {
     fn drop(&mut self) {
-        // Destroying a client waits for its threads: not on the arbiter.
         if let Some(ends) = self.last.get_mut().ends_client.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn_blocking(move || drop(ends));
-            }
+            drop_in_background(ends);
         }
     }
 }
 
-/// Reads the committed offset map entries of `group_id`, keyed by (topic,
-/// partition), with clients of its own. Blocking: call it off the arbiter.
-/// Only committed transactions are read.
-pub fn read(
-    cluster: &ClusterSpec,
-    group_id: &str,
-) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
-    MapEnds::new(cluster, group_id)?.read(cluster, group_id, drop)
-}
-
-/// Drops a consumer on tokio's blocking pool, where there is one, so that
-/// a read does not wait for its teardown; otherwise here.
-fn dispose_in_background(consumer: BaseConsumer<LoggingContext>) {
+/// Drops a client on tokio's blocking pool, where there is one, so that
+/// nobody waits for its threads to end (not the arbiter, not a read);
+/// otherwise here.
+fn drop_in_background<T: Send + 'static>(client: T) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn_blocking(move || drop(consumer));
+            runtime.spawn_blocking(move || drop(client));
         }
-        Err(_) => drop(consumer),
+        Err(_) => drop(client),
     }
 }
 
@@ -288,13 +276,13 @@ impl MapEnds {
         Ok(Self(map_reader(cluster, group_id, "read_uncommitted")?))
     }
 
-    /// Reads the map from its start to the ends it has now, with a new
-    /// read_committed consumer handed to `dispose` afterwards. Blocking.
+    /// Reads the committed entries of `group_id`, keyed by (topic,
+    /// partition), from the map's start to the ends it has now, with a new
+    /// read_committed consumer. Blocking: call it off the arbiter.
     fn read(
         &self,
         cluster: &ClusterSpec,
         group_id: &str,
-        dispose: impl FnOnce(BaseConsumer<LoggingContext>),
     ) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
         let unreachable = |source: KafkaError| ReplicationError::Unreachable {
             cluster: cluster.alias.clone(),
@@ -322,27 +310,25 @@ impl MapEnds {
                 ends.push((p, high));
             }
         }
-        let mut stored = BTreeMap::new();
         if ends.is_empty() {
-            return Ok(stored);
+            return Ok(BTreeMap::new());
         }
         let consumer = map_reader(cluster, group_id, "read_committed")?;
         consumer.assign(&tpl).map_err(unreachable)?;
-        let result = read_entries(&consumer, group_id, &ends, &mut stored, cluster);
-        dispose(consumer);
-        result.map(|()| stored)
+        let stored = read_entries(&consumer, group_id, &ends, cluster);
+        drop_in_background(consumer);
+        stored
     }
 }
 
-/// Consumes the assigned map partitions up to `ends`, keeping `group_id`'s
-/// entries in `stored`.
+/// Consumes the assigned map partitions up to `ends`: `group_id`'s entries.
 fn read_entries(
     consumer: &BaseConsumer<LoggingContext>,
     group_id: &str,
     ends: &[(i32, i64)],
-    stored: &mut BTreeMap<(String, i32), i64>,
     cluster: &ClusterSpec,
-) -> Result<(), ReplicationError> {
+) -> Result<BTreeMap<(String, i32), i64>, ReplicationError> {
+    let mut stored = BTreeMap::new();
     let prefix = format!("{group_id}/");
     let deadline = Instant::now() + READ_TIMEOUT;
     while !reached(consumer, ends) {
@@ -382,7 +368,7 @@ fn read_entries(
             Some(Err(e)) => tracing::warn!(error = %e, "reading {OFFSETS_TOPIC}"),
         }
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// A consumer of [`OFFSETS_TOPIC`] that joins no group and commits nothing.

@@ -218,6 +218,16 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// What a transactional producer with `transactional_id` needs, whatever
+/// the user set.
+fn transactional_settings(transactional_id: &str) -> [(&'static str, String); 3] {
+    [
+        ("transactional.id", transactional_id.to_string()),
+        ("enable.idempotence", "true".into()),
+        ("acks", "all".into()),
+    ]
+}
+
 /// Brings the destination's transaction coordinator up before the copiers
 /// need it. On a destination that never saw a transaction, the first
 /// `FindCoordinator` creates `__transaction_state` and the first
@@ -234,11 +244,7 @@ pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), Replic
     let config = client_config(
         cluster,
         &[("enable.metrics.push", "false".into())],
-        &[
-            ("transactional.id", transactional_id.clone()),
-            ("enable.idempotence", "true".into()),
-            ("acks", "all".into()),
-        ],
+        &transactional_settings(&transactional_id),
     );
     let context = TransactionContext {
         cluster: cluster.alias.clone(),
@@ -302,11 +308,7 @@ impl TransactionalWriter {
                 // one producer per partition.
                 ("enable.metrics.push", "false".into()),
             ],
-            &[
-                ("transactional.id", transactional_id.clone()),
-                ("enable.idempotence", "true".into()),
-                ("acks", "all".into()),
-            ],
+            &transactional_settings(&transactional_id),
         );
         let capacity = request_capacity(cluster, &transactional_id);
         let context = TransactionContext {
