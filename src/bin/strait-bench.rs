@@ -37,7 +37,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
@@ -78,6 +80,23 @@ enum Cmd {
         dest: String,
         #[arg(long)]
         regex: String,
+    },
+    /// Copies like `pipe`, exactly-once: LANES transactional producers, each
+    /// with a consumer of an equal share of the partitions, commit what they
+    /// copied every INTERVAL_MS together with their progress, written to
+    /// `strait-bench.pipe-offsets` in the form of MirrorMaker 2's offsets topic.
+    /// Until killed.
+    PipeEos {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        dest: String,
+        #[arg(long)]
+        regex: String,
+        #[arg(long, default_value_t = 8)]
+        lanes: usize,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
     },
     /// Waits until the topic set on BOOTSTRAP holds EXPECT records in all.
     Watch {
@@ -163,6 +182,19 @@ fn main() -> anyhow::Result<()> {
             dest,
             regex,
         } => pipe(&source, &dest, &regex)?,
+        Cmd::PipeEos {
+            source,
+            dest,
+            regex,
+            lanes,
+            interval_ms,
+        } => pipe_eos(
+            &source,
+            &dest,
+            &regex,
+            lanes,
+            Duration::from_millis(interval_ms),
+        )?,
         Cmd::Watch {
             bootstrap,
             topics,
@@ -417,14 +449,15 @@ fn warm_group_coordinator(bootstrap: &str, (topic, partition): (&str, i32)) -> a
 
 // ---------------------------------------------------------------- pipe
 
-fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
+/// The source topics matching `regex`, each with its partition count, created
+/// on `dest` with the same counts (one CreateTopics request per 50 topics).
+fn mirror_topics(
+    consumer: &BaseConsumer,
+    dest: &str,
+    regex: &str,
+) -> anyhow::Result<Vec<(String, i32)>> {
     let re = regex::Regex::new(&format!("^(?:{regex})$"))?;
-    let consumer: BaseConsumer = client(source)
-        .set("group.id", "strait-bench-pipe")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let mut counts: Vec<(String, i32)> = partition_counts(&consumer)?
+    let mut counts: Vec<(String, i32)> = partition_counts(consumer)?
         .into_iter()
         .filter(|(t, _)| re.is_match(t))
         .collect();
@@ -432,7 +465,6 @@ fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
     if counts.is_empty() {
         bail!("no source topic matches {regex}");
     }
-    // Destination topics with the same partition counts.
     let admin: AdminClient<DefaultClientContext> = client(dest).create()?;
     let new: Vec<NewTopic<'_>> = counts
         .iter()
@@ -448,6 +480,16 @@ fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
             }
         }
     }
+    Ok(counts)
+}
+
+fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
+    let consumer: BaseConsumer = client(source)
+        .set("group.id", "strait-bench-pipe")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let counts = mirror_topics(&consumer, dest, regex)?;
     let mut tpl = TopicPartitionList::new();
     for (t, n) in &counts {
         for p in 0..*n {
@@ -484,6 +526,161 @@ fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
         record.timestamp = m.timestamp().to_millis();
         record.headers = m.headers().map(|h| h.detach());
         send_retrying(&producer, record)?;
+    }
+}
+
+/// Where `pipe-eos` writes its progress on the destination.
+const PIPE_OFFSETS_TOPIC: &str = "strait-bench.pipe-offsets";
+
+fn pipe_eos(
+    source: &str,
+    dest: &str,
+    regex: &str,
+    lanes: usize,
+    interval: Duration,
+) -> anyhow::Result<Value> {
+    if lanes == 0 {
+        bail!("--lanes must be at least 1");
+    }
+    let consumer: BaseConsumer = client(source).create()?;
+    let counts = mirror_topics(&consumer, dest, regex)?;
+    drop(consumer);
+    let admin: AdminClient<DefaultClientContext> = client(dest).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let offsets = NewTopic::new(PIPE_OFFSETS_TOPIC, 1, TopicReplication::Fixed(1));
+    for r in futures::executor::block_on(admin.create_topics([&offsets], &opts))? {
+        if let Err((t, e)) = r {
+            if e != RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating {t} on the destination: {e}");
+            }
+        }
+    }
+    // Round robin over the sorted partitions: each lane gets a share of
+    // every topic.
+    let mut shares = vec![Vec::new(); lanes];
+    let all = counts
+        .iter()
+        .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)));
+    for (i, tp) in all.enumerate() {
+        shares[i % lanes].push(tp);
+    }
+    eprintln!(
+        "strait-bench pipe-eos: copying {} topics in {lanes} lanes",
+        counts.len()
+    );
+    // The lanes run until killed; the first to fail ends the copy.
+    let (failed, failure) = std::sync::mpsc::channel();
+    for (lane, share) in shares.into_iter().enumerate() {
+        if share.is_empty() {
+            continue;
+        }
+        let (source, dest, failed) = (source.to_string(), dest.to_string(), failed.clone());
+        thread::spawn(move || {
+            let error = match pipe_lane(&source, &dest, lane, lanes, &share, interval) {
+                Err(e) => e.context(format!("lane {lane}")),
+                Ok(never) => match never {},
+            };
+            let _ = failed.send(error);
+        });
+    }
+    drop(failed);
+    match failure.recv() {
+        Ok(error) => Err(error),
+        Err(_) => bail!("every pipe-eos lane ended without an error"),
+    }
+}
+
+/// One lane of `pipe-eos`: its own consumer and transactional producer.
+fn pipe_lane(
+    source: &str,
+    dest: &str,
+    lane: usize,
+    lanes: usize,
+    share: &[(String, i32)],
+    interval: Duration,
+) -> anyhow::Result<std::convert::Infallible> {
+    // The lanes together read ahead what one `pipe` consumer does.
+    let read_ahead_kb = (65536 / lanes).max(1024);
+    let consumer: BaseConsumer = client(source)
+        .set("group.id", "strait-bench-pipe-eos")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", read_ahead_kb.to_string())
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in share {
+        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let producer: BaseProducer = client(dest)
+        .set("transactional.id", format!("strait-bench-pipe-eos-{lane}"))
+        .set("queue.buffering.max.kbytes", read_ahead_kb.to_string())
+        .set("queue.buffering.max.messages", "200000")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "10000")
+        .create()?;
+    let timeout = Duration::from_secs(60);
+    producer.init_transactions(timeout)?;
+    producer.begin_transaction()?;
+    let mut opened = Instant::now();
+    // The last offset copied of each partition in the open transaction.
+    let mut copied: HashMap<(String, i32), i64> = HashMap::new();
+    loop {
+        let wait = interval.saturating_sub(opened.elapsed());
+        if let Some(result) = consumer.poll(wait.max(Duration::from_millis(1))) {
+            let m = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("strait-bench pipe-eos: consume error: {e}");
+                    continue;
+                }
+            };
+            let mut record = BaseRecord::to(m.topic()).partition(m.partition());
+            record.key = m.key();
+            record.payload = m.payload();
+            record.timestamp = m.timestamp().to_millis();
+            record.headers = m.headers().map(|h| h.detach());
+            send_serving(&producer, record)?;
+            copied.insert((m.topic().to_string(), m.partition()), m.offset());
+        }
+        producer.poll(Duration::ZERO);
+        if opened.elapsed() < interval || copied.is_empty() {
+            continue;
+        }
+        for ((topic, partition), offset) in copied.drain() {
+            let key = json!(["pipe-eos", {"topic": topic, "partition": partition}]).to_string();
+            let value = json!({ "offset": offset }).to_string();
+            send_serving(
+                &producer,
+                BaseRecord::to(PIPE_OFFSETS_TOPIC)
+                    .key(key.as_bytes())
+                    .payload(value.as_bytes()),
+            )?;
+        }
+        producer
+            .commit_transaction(timeout)
+            .context("pipe-eos: commit")?;
+        producer.begin_transaction()?;
+        opened = Instant::now();
+    }
+}
+
+/// Sends through a producer nobody else polls, serving its delivery reports
+/// while its queue is full.
+fn send_serving(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => bail!("produce: {e}"),
+        }
     }
 }
 
