@@ -35,8 +35,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
@@ -48,6 +48,17 @@ use serde_json::{json, Value};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// What `pipe` and `pipe-eos` copy.
+#[derive(clap::Args)]
+struct CopyArgs {
+    #[arg(long)]
+    source: String,
+    #[arg(long)]
+    dest: String,
+    #[arg(long)]
+    regex: String,
 }
 
 #[derive(Subcommand)]
@@ -74,12 +85,8 @@ enum Cmd {
     },
     /// Copies every partition of the topics matching REGEX from SOURCE to DEST, until killed.
     Pipe {
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        dest: String,
-        #[arg(long)]
-        regex: String,
+        #[command(flatten)]
+        copy: CopyArgs,
     },
     /// Copies like `pipe`, exactly-once: LANES transactional producers, each
     /// with a consumer of an equal share of the partitions, commit what they
@@ -87,12 +94,8 @@ enum Cmd {
     /// `strait-bench.pipe-offsets` in the form of MirrorMaker 2's offsets topic.
     /// Until killed.
     PipeEos {
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        dest: String,
-        #[arg(long)]
-        regex: String,
+        #[command(flatten)]
+        copy: CopyArgs,
         #[arg(long, default_value_t = 8)]
         lanes: usize,
         #[arg(long, default_value_t = 100)]
@@ -177,24 +180,12 @@ fn main() -> anyhow::Result<()> {
             records,
             size,
         } => load(&bootstrap, &topic_set(&topics)?, records, size)?,
-        Cmd::Pipe {
-            source,
-            dest,
-            regex,
-        } => pipe(&source, &dest, &regex)?,
+        Cmd::Pipe { copy } => pipe(&copy.source, &copy.dest, &copy.regex)?,
         Cmd::PipeEos {
-            source,
-            dest,
-            regex,
+            copy,
             lanes,
             interval_ms,
-        } => pipe_eos(
-            &source,
-            &dest,
-            &regex,
-            lanes,
-            Duration::from_millis(interval_ms),
-        )?,
+        } => pipe_eos(&copy, lanes, Duration::from_millis(interval_ms))?,
         Cmd::Watch {
             bootstrap,
             topics,
@@ -318,17 +309,48 @@ impl ProducerContext for CountingContext {
     }
 }
 
-/// Sends, waiting while the producer's queue is full.
+/// Sends, waiting while the producer's queue is full (its delivery reports
+/// are served by its own thread).
+#[allow(clippy::result_large_err)] // rdkafka's `send` returns the record in its error
 fn send_retrying<C: ProducerContext>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+    record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> anyhow::Result<()> {
+    send_or_wait(
+        |r| producer.send(r),
+        record,
+        || thread::sleep(Duration::from_micros(500)),
+    )
+}
+
+/// Sends through a producer nobody else polls, serving its delivery reports
+/// while its queue is full.
+#[allow(clippy::result_large_err)] // as above
+fn send_serving(producer: &BaseProducer, record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+    send_or_wait(
+        |r| producer.send(r),
+        record,
+        || {
+            producer.poll(Duration::from_millis(1));
+        },
+    )
+}
+
+/// What rdkafka's `send` returns for a record it did not take.
+type Refused<'a, D> = (KafkaError, BaseRecord<'a, [u8], [u8], D>);
+
+/// Sends `record`, calling `wait` each time the producer's queue is full.
+fn send_or_wait<'a, D: rdkafka::util::IntoOpaque>(
+    mut send: impl FnMut(BaseRecord<'a, [u8], [u8], D>) -> Result<(), Refused<'a, D>>,
+    mut record: BaseRecord<'a, [u8], [u8], D>,
+    mut wait: impl FnMut(),
 ) -> anyhow::Result<()> {
     loop {
-        match producer.send(record) {
+        match send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                thread::sleep(Duration::from_micros(500));
+                wait();
             }
             Err((e, _)) => bail!("produce: {e}"),
         }
@@ -510,35 +532,47 @@ fn pipe(source: &str, dest: &str, regex: &str) -> anyhow::Result<Value> {
         .create_with_context(CountingContext::default())?;
     eprintln!("strait-bench pipe: copying {} topics", counts.len());
     loop {
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+        let Some(m) = consumer
+            .poll(Duration::from_millis(100))
+            .and_then(|r| consumed(r, "pipe"))
+        else {
             continue;
         };
-        let m = match result {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("strait-bench pipe: consume error: {e}");
-                continue;
-            }
-        };
-        let mut record = BaseRecord::to(m.topic()).partition(m.partition());
-        record.key = m.key();
-        record.payload = m.payload();
-        record.timestamp = m.timestamp().to_millis();
-        record.headers = m.headers().map(|h| h.detach());
-        send_retrying(&producer, record)?;
+        send_retrying(&producer, copy_of(&m))?;
     }
+}
+
+/// A polled record, or `None` for a consume error, which is logged
+/// (librdkafka goes on retrying).
+fn consumed<'a>(
+    result: KafkaResult<BorrowedMessage<'a>>,
+    tool: &str,
+) -> Option<BorrowedMessage<'a>> {
+    result
+        .map_err(|e| eprintln!("strait-bench {tool}: consume error: {e}"))
+        .ok()
+}
+
+/// The record to produce for a consumed one: same topic name, partition,
+/// key, value, timestamp and headers.
+fn copy_of<'a>(m: &'a BorrowedMessage<'_>) -> BaseRecord<'a, [u8], [u8]> {
+    let mut record = BaseRecord::to(m.topic()).partition(m.partition());
+    record.key = m.key();
+    record.payload = m.payload();
+    record.timestamp = m.timestamp().to_millis();
+    record.headers = m.headers().map(|h| h.detach());
+    record
 }
 
 /// Where `pipe-eos` writes its progress on the destination.
 const PIPE_OFFSETS_TOPIC: &str = "strait-bench.pipe-offsets";
 
-fn pipe_eos(
-    source: &str,
-    dest: &str,
-    regex: &str,
-    lanes: usize,
-    interval: Duration,
-) -> anyhow::Result<Value> {
+fn pipe_eos(copy: &CopyArgs, lanes: usize, interval: Duration) -> anyhow::Result<Value> {
+    let CopyArgs {
+        source,
+        dest,
+        regex,
+    } = copy;
     if lanes == 0 {
         bail!("--lanes must be at least 1");
     }
@@ -628,20 +662,9 @@ fn pipe_lane(
     let mut copied: HashMap<(String, i32), i64> = HashMap::new();
     loop {
         let wait = interval.saturating_sub(opened.elapsed());
-        if let Some(result) = consumer.poll(wait.max(Duration::from_millis(1))) {
-            let m = match result {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("strait-bench pipe-eos: consume error: {e}");
-                    continue;
-                }
-            };
-            let mut record = BaseRecord::to(m.topic()).partition(m.partition());
-            record.key = m.key();
-            record.payload = m.payload();
-            record.timestamp = m.timestamp().to_millis();
-            record.headers = m.headers().map(|h| h.detach());
-            send_serving(&producer, record)?;
+        let polled = consumer.poll(wait.max(Duration::from_millis(1)));
+        if let Some(m) = polled.and_then(|r| consumed(r, "pipe-eos")) {
+            send_serving(&producer, copy_of(&m))?;
             copied.insert((m.topic().to_string(), m.partition()), m.offset());
         }
         producer.poll(Duration::ZERO);
@@ -663,24 +686,6 @@ fn pipe_lane(
             .context("pipe-eos: commit")?;
         producer.begin_transaction()?;
         opened = Instant::now();
-    }
-}
-
-/// Sends through a producer nobody else polls, serving its delivery reports
-/// while its queue is full.
-fn send_serving(
-    producer: &BaseProducer,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> anyhow::Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((e, _)) => bail!("produce: {e}"),
-        }
     }
 }
 
