@@ -360,22 +360,8 @@ fn send_or_wait<'a, D: rdkafka::util::IntoOpaque>(
 // ---------------------------------------------------------------- create
 
 fn create(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result<Value> {
-    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-    let mut created = 0;
-    for chunk in new.chunks(50) {
-        for r in futures::executor::block_on(admin.create_topics(chunk, &opts))? {
-            match r {
-                Ok(_) => created += 1,
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => bail!("creating {t}: {e}"),
-            }
-        }
-    }
+    let wanted: Vec<(String, i32)> = topics.iter().map(|t| (t.clone(), partitions)).collect();
+    let created = create_topics(bootstrap, &wanted)?;
     // Wait until every partition has a leader, so the first produce never waits.
     let probe: BaseConsumer = client(bootstrap).create()?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -390,6 +376,29 @@ fn create(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result
         thread::sleep(Duration::from_millis(200));
     }
     Ok(json!({ "topics": topics.len(), "created": created, "partitions": partitions }))
+}
+
+/// Creates each (topic, partition count) on `bootstrap` with replication
+/// factor 1, one CreateTopics request per 50; topics that exist already are
+/// left as they are. Returns how many were created.
+fn create_topics(bootstrap: &str, topics: &[(String, i32)]) -> anyhow::Result<usize> {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let mut created = 0;
+    for chunk in new.chunks(50) {
+        for r in futures::executor::block_on(admin.create_topics(chunk, &opts))? {
+            match r {
+                Ok(_) => created += 1,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("creating {t} on {bootstrap}: {e}"),
+            }
+        }
+    }
+    Ok(created)
 }
 
 // ---------------------------------------------------------------- load
@@ -472,7 +481,7 @@ fn warm_group_coordinator(bootstrap: &str, (topic, partition): (&str, i32)) -> a
 // ---------------------------------------------------------------- pipe
 
 /// The source topics matching `regex`, each with its partition count, created
-/// on `dest` with the same counts (one CreateTopics request per 50 topics).
+/// on `dest` with the same counts.
 fn mirror_topics(
     consumer: &BaseConsumer,
     dest: &str,
@@ -487,21 +496,7 @@ fn mirror_topics(
     if counts.is_empty() {
         bail!("no source topic matches {regex}");
     }
-    let admin: AdminClient<DefaultClientContext> = client(dest).create()?;
-    let new: Vec<NewTopic<'_>> = counts
-        .iter()
-        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-    for chunk in new.chunks(50) {
-        for r in futures::executor::block_on(admin.create_topics(chunk, &opts))? {
-            if let Err((t, e)) = r {
-                if e != RDKafkaErrorCode::TopicAlreadyExists {
-                    bail!("creating {t} on the destination: {e}");
-                }
-            }
-        }
-    }
+    create_topics(dest, &counts)?;
     Ok(counts)
 }
 
@@ -579,16 +574,7 @@ fn pipe_eos(copy: &CopyArgs, lanes: usize, interval: Duration) -> anyhow::Result
     let consumer: BaseConsumer = client(source).create()?;
     let counts = mirror_topics(&consumer, dest, regex)?;
     drop(consumer);
-    let admin: AdminClient<DefaultClientContext> = client(dest).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-    let offsets = NewTopic::new(PIPE_OFFSETS_TOPIC, 1, TopicReplication::Fixed(1));
-    for r in futures::executor::block_on(admin.create_topics([&offsets], &opts))? {
-        if let Err((t, e)) = r {
-            if e != RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {t} on the destination: {e}");
-            }
-        }
-    }
+    create_topics(dest, &[(PIPE_OFFSETS_TOPIC.to_string(), 1)])?;
     // Round robin over the sorted partitions: each lane gets a share of
     // every topic.
     let mut shares = vec![Vec::new(); lanes];
