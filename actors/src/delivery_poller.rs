@@ -21,17 +21,33 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
-use rdkafka::producer::Producer;
-
-use crate::transactional::TxProducer;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 /// How often every registered producer is polled even without a wake-up:
 /// a safety net that costs one non-blocking poll per producer per second.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A producer whose delivery reports the thread can serve, whatever its
+/// context (a partition's writer, a lane's).
+pub trait Reported: Send + Sync {
+    /// The librdkafka client.
+    fn native(&self) -> *mut rdsys::rd_kafka_t;
+    /// Serves at most one report event, without waiting.
+    fn serve_one(&self);
+}
+
+impl<C: ProducerContext + 'static> Reported for BaseProducer<C> {
+    fn native(&self) -> *mut rdsys::rd_kafka_t {
+        self.client().native_ptr()
+    }
+    fn serve_one(&self) {
+        self.poll(Duration::ZERO);
+    }
+}
+
 /// A producer this thread serves.
 struct Entry {
-    producer: Weak<TxProducer>,
+    producer: Weak<dyn Reported>,
     /// Our handle on the producer's main (report) queue; `None` once the
     /// producer stopped being served. Locked while the queue is drained.
     queue: Mutex<Option<QueueHandle>>,
@@ -71,10 +87,9 @@ impl Entry {
         let Some(producer) = self.producer.upgrade() else {
             return;
         };
-        // `poll(ZERO)` serves at most one report event (a batch of records).
         // SAFETY: the handle stays valid while the lock is held.
         while unsafe { rdsys::rd_kafka_queue_length(queue.0) } > 0 {
-            producer.poll(Duration::ZERO);
+            producer.serve_one();
         }
     }
 
@@ -134,11 +149,12 @@ impl Poller {
         Ok(Self { wake, registry })
     }
 
-    fn register(&self, producer: &Arc<TxProducer>) -> Served {
+    fn register<P: Reported + 'static>(&self, producer: &Arc<P>) -> Served {
         // SAFETY: the producer is alive; the new handle is ours to destroy.
-        let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
+        let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.native()) };
+        let producer: Weak<dyn Reported> = Arc::downgrade(producer) as Weak<dyn Reported>;
         let entry = Arc::new(Entry {
-            producer: Arc::downgrade(producer),
+            producer,
             queue: Mutex::new(Some(QueueHandle(queue))),
             woken: AtomicBool::new(false),
             wake: self.wake.clone(),
@@ -187,7 +203,7 @@ fn serve(woken: Receiver<Arc<Entry>>, registry: Arc<Mutex<Vec<Weak<Entry>>>>) {
 
 /// Has the shared thread serve `producer`'s delivery reports until the
 /// returned [`Served`] is dropped.
-pub fn serve_reports(producer: &Arc<TxProducer>) -> std::io::Result<Served> {
+pub fn serve_reports<P: Reported + 'static>(producer: &Arc<P>) -> std::io::Result<Served> {
     static POLLER: OnceLock<Poller> = OnceLock::new();
     let poller = match POLLER.get() {
         Some(poller) => poller,

@@ -209,7 +209,7 @@ fn is_fenced(error: &KafkaError) -> bool {
     error.rdkafka_error_code().is_some_and(is_fencing)
 }
 
-fn is_fencing(code: RDKafkaErrorCode) -> bool {
+pub(crate) fn is_fencing(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::Fenced
@@ -220,7 +220,7 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
 
 /// What a transactional producer with `transactional_id` needs, whatever
 /// the user set.
-fn transactional_settings(transactional_id: &str) -> [(&'static str, String); 3] {
+pub(crate) fn transactional_settings(transactional_id: &str) -> [(&'static str, String); 3] {
     [
         ("transactional.id", transactional_id.to_string()),
         ("enable.idempotence", "true".into()),
@@ -531,11 +531,11 @@ struct Closing {
 
 /// A failed transaction call, as librdkafka describes it.
 #[derive(Debug)]
-struct TxnError {
-    code: RDKafkaErrorCode,
+pub(crate) struct TxnError {
+    pub(crate) code: RDKafkaErrorCode,
     message: String,
-    retriable: bool,
-    requires_abort: bool,
+    pub(crate) retriable: bool,
+    pub(crate) requires_abort: bool,
 }
 
 impl std::fmt::Display for TxnError {
@@ -547,7 +547,10 @@ impl std::fmt::Display for TxnError {
 /// librdkafka's `rd_kafka_flush`: the records leave at once, and the call
 /// returns when all are acknowledged (the shared thread serves the reports).
 /// rdkafka's `flush` would poll in 100 ms rounds that never end early.
-fn flush(producer: &TxProducer, timeout: Duration) -> Result<(), RDKafkaErrorCode> {
+pub(crate) fn flush<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), RDKafkaErrorCode> {
     // SAFETY: the client pointer is valid while `producer` is borrowed.
     let code = unsafe { rdsys::rd_kafka_flush(producer.client().native_ptr(), millis(timeout)) };
     match RDKafkaErrorCode::from(code) {
@@ -567,7 +570,10 @@ fn millis(timeout: Duration) -> i32 {
 /// flow's latency, and the whole time a commit slot was held). librdkafka's
 /// own commit waits for the queued records' delivery reports, which the
 /// shared thread serves as they arrive.
-fn commit_transaction(producer: &TxProducer, timeout: Duration) -> Result<(), TxnError> {
+pub(crate) fn commit_transaction<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), TxnError> {
     // SAFETY: the producer is alive for the call; the returned error (if
     // any) is ours, read and then destroyed once.
     unsafe {
@@ -594,7 +600,7 @@ fn commit_transaction(producer: &TxProducer, timeout: Duration) -> Result<(), Tx
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ReplicationError> {
     tokio::task::spawn_blocking(f)
