@@ -363,6 +363,12 @@ impl BatchAck {
     pub fn progress(&self) -> &Arc<PartitionProgress> {
         &self.progress
     }
+
+    /// The partition's epoch when the batch was sent: every restart of
+    /// its copier begins a new one.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 #[cfg(test)]
