@@ -3,7 +3,10 @@
 //! transaction carrying their offset-map entries; a new owner of a lane
 //! fencing the old one; an aborted transaction failing its batches and
 //! refusing the rest of their epoch, and, with `on_error = "skip"`, the
-//! next attempt leaving out the record the destination refused.
+//! next attempt leaving out the record the destination refused. And the
+//! lane group (`strait_actors::lane_ownership`): instances divide a flow's
+//! lanes through a consumer group on the destination, and a leaving
+//! instance's lanes move to the others.
 //!
 //! The lane is driven directly, as copiers drive it: each batch is
 //! registered with its partition's progress, and its acknowledgement says
@@ -11,8 +14,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,6 +26,9 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use strait_actors::batch::Batch;
 use strait_actors::destination::WriteBatch;
 use strait_actors::lane::{Lane, LaneOpened, LaneParts, StopLane};
+use strait_actors::lane_ownership::{
+    ensure_lanes_topic, LaneOwnership, LanesAssigned, LanesRevoked,
+};
 use strait_actors::progress::PartitionProgress;
 use strait_actors::{offset_store, ClusterSpec, OnError, ReplicationError, Tuning};
 use support::cluster::shared_pair;
@@ -523,4 +529,134 @@ fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs: &[(
     }
     // Waits for the leaders.
     create_topic(bootstrap, topic, partitions);
+}
+
+/// An instance's view of the lanes it owns, kept as the group reports them.
+struct Owner {
+    lanes: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl Actor for Owner {
+    type Context = Context<Self>;
+}
+
+impl Handler<LanesAssigned> for Owner {
+    type Result = ();
+    fn handle(&mut self, LanesAssigned(lanes): LanesAssigned, _: &mut Context<Self>) {
+        let mut owned = self.lanes.lock().expect("lanes");
+        for lane in lanes {
+            assert!(owned.insert(lane), "lane {lane} assigned twice");
+        }
+    }
+}
+
+impl Handler<LanesRevoked> for Owner {
+    type Result = ();
+    fn handle(&mut self, LanesRevoked(lanes): LanesRevoked, _: &mut Context<Self>) {
+        let mut owned = self.lanes.lock().expect("lanes");
+        for lane in lanes {
+            assert!(owned.remove(&lane), "lane {lane} revoked but not owned");
+        }
+    }
+}
+
+/// Joins `group_id`'s lane group as one more instance.
+fn join(group_id: &str) -> (LaneOwnership, Arc<Mutex<BTreeSet<u32>>>) {
+    let lanes = Arc::new(Mutex::new(BTreeSet::new()));
+    let owner = Owner {
+        lanes: Arc::clone(&lanes),
+    }
+    .start();
+    let member = LaneOwnership::start(
+        &destination(),
+        group_id,
+        owner.clone().recipient(),
+        owner.recipient(),
+    )
+    .expect("joins the lane group");
+    (member, lanes)
+}
+
+/// Waits until `condition` holds of the lanes each instance owns.
+async fn wait_for_lanes(
+    what: &str,
+    owners: &[&Arc<Mutex<BTreeSet<u32>>>],
+    condition: impl Fn(&[BTreeSet<u32>]) -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let owned: Vec<BTreeSet<u32>> = owners
+            .iter()
+            .map(|o| o.lock().expect("lanes").clone())
+            .collect();
+        if condition(&owned) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: after {WAIT:?} the instances own {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn instances_divide_a_flows_lanes_through_a_group_on_the_destination_and_take_over_a_leavers() {
+    let group = unique_name("strait.lanes-group");
+    let all: BTreeSet<u32> = (0..4).collect();
+    System::new().block_on(async {
+        ensure_lanes_topic(&destination(), &group, 4)
+            .await
+            .expect("the lanes topic exists");
+        let (first, first_lanes) = join(&group);
+        wait_for_lanes("one instance owns every lane", &[&first_lanes], |o| {
+            o[0] == all
+        })
+        .await;
+
+        let (second, second_lanes) = join(&group);
+        wait_for_lanes(
+            "two instances share the lanes",
+            &[&first_lanes, &second_lanes],
+            |o| {
+                o[0].len() == 2
+                    && o[1].len() == 2
+                    && o[0].union(&o[1]).copied().collect::<BTreeSet<u32>>() == all
+            },
+        )
+        .await;
+
+        // The second instance leaves: its lanes come back to the first.
+        off(move || second.stop()).await;
+        wait_for_lanes(
+            "the first instance owns every lane again",
+            &[&first_lanes],
+            |o| o[0] == all,
+        )
+        .await;
+        off(move || first.stop()).await;
+    });
+}
+
+#[test]
+fn a_lanes_topic_with_another_number_of_lanes_is_refused_by_name() {
+    let group = unique_name("strait.lanes-count");
+    System::new().block_on(async {
+        ensure_lanes_topic(&destination(), &group, 4)
+            .await
+            .expect("the lanes topic is created");
+        ensure_lanes_topic(&destination(), &group, 4)
+            .await
+            .expect("the same number of lanes is fine");
+        let error = ensure_lanes_topic(&destination(), &group, 8)
+            .await
+            .expect_err("another number of lanes is refused");
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("strait.lanes.{group}"))
+                && message.contains("has 4 partitions")
+                && message.contains("8 lanes"),
+            "{message}"
+        );
+    });
 }

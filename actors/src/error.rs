@@ -98,6 +98,15 @@ pub enum ReplicationError {
     /// A transactional producer call failed.
     #[error("cluster `{cluster}`: transaction failed: {reason}")]
     Transaction { cluster: String, reason: String },
+    /// The lanes topic of an exactly-once flow has another number of lanes
+    /// than the flow's config.
+    #[error("cluster `{cluster}`: topic `{topic}` has {found} partitions, one per lane, but the flow is configured with {configured} lanes; the number of lanes of a consumer group cannot change while its old lanes may hold open transactions: keep {found}, or use a new group_id")]
+    LaneCount {
+        cluster: String,
+        topic: String,
+        found: i32,
+        configured: u32,
+    },
     /// A newer owner of the partition took over its transactional id.
     #[error("{topic}[{partition}] is now written by another instance (fenced): {reason}")]
     Fenced {

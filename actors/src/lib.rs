@@ -22,8 +22,9 @@
 //! producer per partition, its delivery reports served by
 //! [`delivery_poller`]) and keep their positions in [`offset_store`].
 //! [`lane`] is the writer that will replace a producer per partition on many
-//! partitions: one transactional producer for a share of them (not used by
-//! flows yet; see docs/exactly-once.md, "Lanes").
+//! partitions: one transactional producer for a share of them, the lanes
+//! divided among instances by [`lane_ownership`] (neither used by flows
+//! yet; see docs/exactly-once.md, "Lanes").
 //!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
 //! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP
@@ -40,6 +41,7 @@ pub mod error;
 pub mod fetch_waker;
 pub mod flow;
 pub mod lane;
+pub mod lane_ownership;
 pub mod metrics;
 pub mod offset_store;
 pub mod progress;
