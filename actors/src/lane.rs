@@ -178,6 +178,9 @@ impl ProducerContext for LaneContext {
             }
             Err((error, _)) => self.failed(&written, error.clone()),
         }
+        if let Some(ack) = &written.ack {
+            ack.record_sent();
+        }
     }
 }
 
@@ -284,6 +287,13 @@ pub struct Lane {
     fenced: Option<String>,
     /// Ends the retries of an open that keeps failing.
     stopping: Arc<AtomicBool>,
+    /// A batch is being queued. actix may run one timer between a handler
+    /// that asked to hold the actor and the hold itself, so the interval's
+    /// end waits for the batch ([`Lane::due`]) instead of ending the
+    /// transaction under it.
+    writing: bool,
+    /// The interval ran out while a batch was being queued.
+    due: bool,
 }
 
 impl Lane {
@@ -299,6 +309,8 @@ impl Lane {
             refused: HashMap::new(),
             fenced: None,
             stopping: Arc::new(AtomicBool::new(false)),
+            writing: false,
+            due: false,
         }
     }
 
@@ -399,7 +411,11 @@ impl Lane {
         });
         ctx.run_later(self.parts.tuning.transaction_interval, move |act, ctx| {
             if act.txn.as_ref().is_some_and(|t| t.id == id) {
-                act.end(End::Interval, ctx);
+                if act.writing {
+                    act.due = true;
+                } else {
+                    act.end(End::Interval, ctx);
+                }
             }
         });
         Ok(())
@@ -423,6 +439,7 @@ impl Lane {
     /// cannot commit), then settling its batches.
     fn finish(&mut self, end: End) -> Option<impl ActorFuture<Self, Output = ()>> {
         let txn = self.txn.take()?;
+        self.due = false;
         let producer = self.open.as_ref().map(|o| Arc::clone(&o.producer));
         let entries: Vec<(String, Vec<u8>)> = txn
             .ends
@@ -715,6 +732,7 @@ impl BatchWrite {
                 (Some(reason), OnError::Skip) => {
                     tracing::warn!(flow = %self.flow, topic = %msg.source_topic, partition = msg.partition, offset = record.offset, error = %reason, "skipping a record the destination refuses (on_error = \"skip\")");
                     metrics::counter!(names::RECORDS_SKIPPED, labels::FLOW => self.flow.clone(), labels::TOPIC => msg.source_topic.to_string(), labels::REASON => "refused").increment(1);
+                    msg.ack.record_sent();
                     Ok(())
                 }
                 (Some(reason), OnError::DeadLetter(topic)) => {
@@ -816,6 +834,7 @@ impl Handler<WriteBatch> for Lane {
                 self.transaction_error("no transaction is open".into())
             ))));
         };
+        let txn_id = txn.id;
         let write = BatchWrite {
             producer: Arc::clone(&open.producer),
             index: txn.batches.len(),
@@ -824,6 +843,7 @@ impl Handler<WriteBatch> for Lane {
             flow: self.parts.flow.clone(),
             source_cluster: self.parts.source_cluster.clone(),
         };
+        self.writing = true;
         let work = async move {
             let doomed = write.write(&msg).await;
             (msg, doomed)
@@ -831,7 +851,8 @@ impl Handler<WriteBatch> for Lane {
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |(msg, doomed), act, ctx| {
                 let max_records = act.parts.tuning.transaction_max_records.max(1);
-                let Some(txn) = act.txn.as_mut() else {
+                act.writing = false;
+                let Some(txn) = act.txn.as_mut().filter(|t| t.id == txn_id) else {
                     return Err(act.transaction_error(
                         "the transaction ended while a batch was written".into(),
                     ));
@@ -848,11 +869,14 @@ impl Handler<WriteBatch> for Lane {
                     txn.records += msg.batch.len();
                 }
                 let full = txn.records >= max_records;
+                let due = std::mem::take(&mut act.due);
                 if doomed.is_some() {
                     txn.doomed = doomed;
                     act.end(End::Full, ctx);
                 } else if full {
                     act.end(End::Full, ctx);
+                } else if due {
+                    act.end(End::Interval, ctx);
                 }
                 Ok(())
             },

@@ -137,6 +137,8 @@ impl PartitionProgress {
             bytes: bytes as u64,
             timing,
             sent_at: Instant::now(),
+            unsent: AtomicUsize::new(records),
+            sent: tokio::sync::Notify::new(),
         })
     }
 
@@ -301,9 +303,33 @@ pub struct BatchAck {
     bytes: u64,
     timing: Option<Timing>,
     sent_at: Instant,
+    /// Records not yet answered by the destination: see [`Self::record_sent`].
+    unsent: AtomicUsize,
+    sent: tokio::sync::Notify,
 }
 
 impl BatchAck {
+    /// The destination answered one record of the batch (written or
+    /// refused), whether or not that acknowledges it: in a transaction the
+    /// acknowledgement waits for the commit.
+    pub fn record_sent(&self) {
+        if self.unsent.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sent.notify_one();
+        }
+    }
+
+    /// Waits until the destination answered every record of the batch (see
+    /// [`Self::record_sent`]).
+    pub async fn all_sent(&self) {
+        while self.unsent.load(Ordering::Acquire) > 0 {
+            let notified = self.sent.notified();
+            if self.unsent.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// One record of the batch was written.
     pub fn delivered(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
