@@ -386,6 +386,16 @@ fn source_down_30s_mid_stream_strait_keeps_running_with_bounded_memory_and_loses
 const KILLS: usize = 10;
 
 fn kill_nine_ten_times(delivery: Delivery, default_seed: u64) {
+    kill_nine_ten_times_with(delivery, default_seed, |config| config);
+}
+
+/// Exactly-once in lanes (`transaction_lanes`): fewer lanes than partitions,
+/// so a lane's transactions carry records of several partitions.
+fn in_lanes(config: Config) -> Config {
+    config.flow_key("transaction_lanes", "3")
+}
+
+fn kill_nine_ten_times_with(delivery: Delivery, default_seed: u64, tweak: fn(Config) -> Config) {
     let _serial = serial();
     let seed = seed(default_seed);
     let mut rng = Lcg(seed);
@@ -394,9 +404,9 @@ fn kill_nine_ten_times(delivery: Delivery, default_seed: u64) {
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("kills");
     create_topic(src, &topic, PARTITIONS);
-    let config = fast_session(
+    let config = tweak(fast_session(
         Config::new(src, dst, &[&topic], &unique_name("strait.kills")).delivery(delivery),
-    );
+    ));
     let mut strait = Strait::start("strait", &config);
     let stream = Stream::start(src, &topic, PARTITIONS, 1_000, 100, u64::MAX);
     strait.wait_for_copy(dst, &topic, PARTITIONS, 2_000, WAIT);
@@ -454,6 +464,11 @@ fn sigkill_ten_times_at_random_points_in_one_stream_loses_nothing() {
 #[test]
 fn exactly_once_sigkill_ten_times_at_random_points_each_record_once() {
     kill_nine_ten_times(Delivery::ExactlyOnce, 0x5eed_0002);
+}
+
+#[test]
+fn exactly_once_in_lanes_sigkill_ten_times_at_random_points_each_record_once() {
+    kill_nine_ten_times_with(Delivery::ExactlyOnce, 0x5eed_0003, in_lanes);
 }
 
 // ---------------------------------------------------------------------------
@@ -861,15 +876,27 @@ fn unreachable_source_at_start_up_strait_retries_not_ready_then_replicates() {
 
 #[test]
 fn exactly_once_two_instances_one_killed_destination_holds_each_record_once_in_order() {
+    two_instances_one_killed(|config| config);
+}
+
+#[test]
+fn exactly_once_in_lanes_two_instances_one_killed_destination_holds_each_record_once_in_order() {
+    // As many lanes as partitions: both instances get some.
+    two_instances_one_killed(|config| {
+        config.flow_key("transaction_lanes", &PARTITIONS.to_string())
+    });
+}
+
+fn two_instances_one_killed(tweak: fn(Config) -> Config) {
     let _serial = serial();
     let delivery = Delivery::ExactlyOnce;
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("eos-pair");
     create_topic(src, &topic, PARTITIONS);
-    let config_a = fast_session(
+    let config_a = tweak(fast_session(
         Config::new(src, dst, &[&topic], &unique_name("strait.eos-pair")).delivery(delivery),
-    );
+    ));
     let config_b = config_a.another_instance();
     let mut a = Strait::start("strait-a", &config_a);
     let mut b = Strait::start("strait-b", &config_b);

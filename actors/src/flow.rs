@@ -25,6 +25,7 @@ use crate::discovery::{
     Discovered, PartitionHistory, SourceTopic, StopDiscovery, TopicDiscovery, TopicEvent,
 };
 use crate::error::ReplicationError;
+use crate::lane_ownership;
 use crate::metrics::{self as names, labels};
 use crate::offset_store;
 use crate::source::{Source, StopSource, Subscribe};
@@ -357,7 +358,12 @@ impl FlowSupervisor {
             );
         }
         self.set_topic_state(topic, "copying");
-        if self.ready.insert(topic.to_string()) {
+        // In lanes the source assigns partitions itself, so it hears of a
+        // topic's new partitions with the subscription (a group consumer
+        // finds them on its own); an unchanged one costs it a comparison.
+        let lanes =
+            self.spec.delivery == Delivery::ExactlyOnce && self.spec.tuning.transaction_lanes > 0;
+        if self.ready.insert(topic.to_string()) || lanes {
             self.subscribe(ctx);
         }
     }
@@ -498,9 +504,14 @@ impl FlowSupervisor {
         }
         self.subscribe_deferred_since = None;
         let topics = self.ready.clone();
+        let partitions = topics
+            .iter()
+            .filter_map(|t| Some((t.clone(), self.known.get(t)?.partitions)))
+            .collect();
         self.subscribed |= !topics.is_empty();
         let name = self.spec.name.clone();
-        ctx.spawn(self.source.send(Subscribe { topics }).into_actor(self).map(
+        let subscribe = Subscribe { topics, partitions };
+        ctx.spawn(self.source.send(subscribe).into_actor(self).map(
             move |result, _, _| match result {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -580,6 +591,14 @@ impl FlowSupervisor {
         let work = async move {
             if spec.delivery == Delivery::ExactlyOnce {
                 offset_store::ensure_topic(&spec.destination).await?;
+                if spec.tuning.transaction_lanes > 0 {
+                    lane_ownership::ensure_lanes_topic(
+                        &spec.destination,
+                        &spec.group_id,
+                        spec.tuning.transaction_lanes,
+                    )
+                    .await?;
+                }
             }
             if let OnError::DeadLetter(topic) = &spec.on_error {
                 offset_store::ensure_internal_topic(&spec.destination, topic, 1, &[]).await?;
@@ -606,8 +625,16 @@ impl FlowSupervisor {
         let spec = Arc::clone(&self.spec);
         let work = async move {
             let began = Instant::now();
-            let result = transactional::warm_up(&spec.destination, &spec.group_id).await;
-            (result, began.elapsed())
+            let lanes = async {
+                if spec.tuning.transaction_lanes > 0 {
+                    lane_ownership::warm_up(&spec.destination, &spec.group_id).await
+                } else {
+                    Ok(())
+                }
+            };
+            let transactions = transactional::warm_up(&spec.destination, &spec.group_id);
+            let (transactions, lanes) = futures::join!(transactions, lanes);
+            (transactions.and(lanes), began.elapsed())
         };
         ctx.spawn(work.into_actor(self).map(|(result, took), act, _| match result {
             Ok(()) => tracing::debug!(flow = %act.spec.name, seconds = took.as_secs_f64(), "the destination's transaction coordinator is up"),

@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
@@ -38,6 +38,9 @@ use crate::spec::ClusterSpec;
 /// How long a poll of the group's consumer waits: how soon the thread sees
 /// that it should stop.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Longest wait for the lanes topic's partitions to show in metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
 
 /// The topic whose partitions are the lanes of `group_id`'s flow.
 pub fn lanes_topic(group_id: &str) -> String {
@@ -58,10 +61,20 @@ pub async fn ensure_lanes_topic(
     let admin = admin_client(cluster)?;
     let (alias, name) = (cluster.alias.clone(), topic.clone());
     let found = tokio::task::spawn_blocking(move || {
-        admin
-            .inner()
-            .fetch_metadata(Some(&name), Duration::from_secs(10))
-            .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        // A topic just created may take a moment to show its partitions.
+        let deadline = Instant::now() + METADATA_WAIT;
+        loop {
+            let found = admin
+                .inner()
+                .fetch_metadata(Some(&name), METADATA_WAIT)
+                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()));
+            match found {
+                Ok(0) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     })
     .await
     .map_err(|_| ReplicationError::ActorGone { actor: "metadata" })?
@@ -80,6 +93,33 @@ pub async fn ensure_lanes_topic(
         });
     }
     Ok(())
+}
+
+/// Brings up the destination's group coordinator for `group_id` before the
+/// lane group joins: on a destination that never saw a consumer group, the
+/// first lookup creates `__consumer_offsets`, which took 3 s of an
+/// exactly-once flow's start (BENCHMARKS.md). Asks for the group's
+/// committed offsets, which looks the coordinator up; nothing waits for it.
+pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), ReplicationError> {
+    let consumer: BaseConsumer = client_config(cluster, &[], &[("group.id", group_id.to_string())])
+        .create()
+        .map_err(|source| ReplicationError::ClientCreation {
+            cluster: cluster.alias.clone(),
+            source,
+        })?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&lanes_topic(group_id), 0);
+    let alias = cluster.alias.clone();
+    tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, METADATA_WAIT))
+        .await
+        .map_err(|_| ReplicationError::ActorGone {
+            actor: "lane group warm-up",
+        })?
+        .map(|_| ())
+        .map_err(|e| ReplicationError::Transaction {
+            cluster: alias,
+            reason: format!("looking up the lane group's coordinator: {e}"),
+        })
 }
 
 /// Lanes now owned by this instance.

@@ -21,10 +21,10 @@
 //! Exactly-once flows write through [`transactional`] (one transactional
 //! producer per partition, its delivery reports served by
 //! [`delivery_poller`]) and keep their positions in [`offset_store`].
-//! [`lane`] is the writer that will replace a producer per partition on many
-//! partitions: one transactional producer for a share of them, the lanes
-//! divided among instances by [`lane_ownership`] (neither used by flows
-//! yet; see docs/exactly-once.md, "Lanes").
+//! With `transaction_lanes`, they write through [`lane`]s instead: one
+//! transactional producer for a share of the partitions, the lanes divided
+//! among instances by [`lane_ownership`] and the source assigned their
+//! partitions by hand (`source/lanes.rs`; docs/exactly-once.md, "Lanes").
 //!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
 //! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP

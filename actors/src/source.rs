@@ -11,11 +11,14 @@
 //! waits there until the copiers have stopped and their progress is
 //! committed, without ever blocking the arbiter the copiers run on.
 //!
+//! In an exactly-once flow in lanes, partitions are assigned by lane instead
+//! of by the group (see [`lanes`]).
+//!
 //! Progress is committed to the group every `commit_interval`, per partition,
 //! only up to the acknowledged prefix (see [`crate::progress`]), synchronously
 //! on revocation and on shutdown.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,6 +44,9 @@ use crate::offset_store::OffsetMapReader;
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
 use crate::transactional::FillBudget;
+
+mod lanes;
+use lanes::LaneState;
 
 /// The group consumer of a flow's source cluster.
 pub type SourceConsumer = BaseConsumer<SourceContext>;
@@ -202,21 +208,7 @@ impl ConsumerContext for SourceContext {
             return;
         }
         if let Rebalance::Assign(_) = rebalance {
-            let assigned =
-                std::mem::take(&mut *self.assigned.lock().unwrap_or_else(|e| e.into_inner()));
-            if assigned.is_empty() {
-                return;
-            }
-            // Before any copier can ask for its partition (commands are
-            // applied on this thread, after the poll this runs in).
-            self.routes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pause_held(base);
-            if let Some(supervisor) = self.supervisor.get() {
-                // Runs on the reading thread, never on the arbiter: safe to wait.
-                let _ = futures::executor::block_on(supervisor.send(Assigned(assigned)));
-            }
+            self.hand_over(base);
         }
     }
 }
@@ -234,6 +226,26 @@ impl Routed for SourceContext {
 }
 
 impl SourceContext {
+    /// Hands the partitions routed by [`Self::assign`] over to the
+    /// supervisor, once the consumer has them. Waits for it: never call it
+    /// on the arbiter.
+    fn hand_over(&self, base: &BaseConsumer<Self>) {
+        let assigned =
+            std::mem::take(&mut *self.assigned.lock().unwrap_or_else(|e| e.into_inner()));
+        if assigned.is_empty() {
+            return;
+        }
+        // Before any copier can ask for its partition (commands are
+        // applied on the reading thread, after the poll this runs in).
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pause_held(base);
+        if let Some(supervisor) = self.supervisor.get() {
+            let _ = futures::executor::block_on(supervisor.send(Assigned(assigned)));
+        }
+    }
+
     fn assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let committed = base
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
@@ -415,6 +427,9 @@ pub struct Source {
     stopping: bool,
     /// Shared by the flow's copiers in exactly-once mode.
     exactly_once: Option<ExactlyOnce>,
+    /// In an exactly-once flow in lanes: the lanes this instance owns and
+    /// the partitions assigned for them (see [`lanes`]).
+    lanes: Option<LaneState>,
 }
 
 impl Source {
@@ -482,7 +497,10 @@ impl Source {
             opening: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_OPENS)),
             ending: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_COMMITS)),
             fill_budget: FillBudget::new(FillBudget::DEFAULT_BYTES, FillBudget::MIN_SHARE),
+            in_lanes: spec.tuning.transaction_lanes > 0,
         });
+        let lanes = (spec.delivery == Delivery::ExactlyOnce && spec.tuning.transaction_lanes > 0)
+            .then(|| LaneState::new(spec.tuning.transaction_lanes));
         let source = Self {
             spec,
             flow,
@@ -499,6 +517,7 @@ impl Source {
             committing: false,
             stopping: false,
             exactly_once,
+            lanes,
         };
         let addr = source.start();
         // Rebalance callbacks wait on the supervisor; there are none before
@@ -519,6 +538,16 @@ impl Source {
         if let Some(offset) = committed {
             status.progress.set_start(offset);
         }
+        let destination = match &self.lanes {
+            None => self.destination.clone().recipient(),
+            Some(lanes) => match lanes.lane_for(topic, partition) {
+                Some(lane) => lane.recipient(),
+                None => {
+                    tracing::warn!(flow = %self.spec.name, topic, partition, "partition assigned for a lane this instance no longer owns; not copying it here");
+                    return;
+                }
+            },
+        };
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         let injected_panic = self
             .copiers
@@ -531,7 +560,7 @@ impl Source {
             partition,
             destination_topic: Arc::from(destination_topic.as_str()),
             inbox,
-            destination: self.destination.clone(),
+            destination,
             status: Arc::clone(&status),
             tuning: self.spec.tuning.clone(),
             on_error: self.spec.on_error.clone(),
@@ -764,6 +793,9 @@ impl Handler<Revoked> for Source {
 pub struct Subscribe {
     /// Topic names.
     pub topics: BTreeSet<String>,
+    /// Their partition counts: in lanes, the source assigns partitions
+    /// itself (see [`lanes`]).
+    pub partitions: BTreeMap<String, i32>,
 }
 
 /// A group join started by a subscription. librdkafka takes a subscription
@@ -852,6 +884,9 @@ impl Handler<Subscribe> for Source {
         if self.stopping {
             return Ok(());
         }
+        if self.lanes.is_some() {
+            return self.subscribe_lanes(msg.partitions, ctx);
+        }
         if self.joining() {
             tracing::debug!(flow = %self.spec.name, topics = msg.topics.len(), "subscription change held until the group's join ends");
             self.held = Some(msg.topics);
@@ -882,13 +917,26 @@ impl Handler<StopSource> for Source {
         let keys: Vec<_> = self.copiers.keys().cloned().collect();
         let stopped = self.stop_copiers(keys);
         Box::pin(stopped.into_actor(self).then(|offsets, act, _| {
+            // Lanes commit what their copiers handed them, then close; only
+            // then does the instance leave the lane group.
+            let (lanes, ownership) = act
+                .lanes
+                .as_mut()
+                .map(LaneState::take_all)
+                .unwrap_or_default();
             let consumer = Arc::clone(&act.consumer);
             let flow = Arc::clone(&act.flow);
             let cluster = act.spec.source.alias.clone();
             let stop = Arc::clone(&act.reader_stop);
             let reader = act.reader.take();
             async move {
+                for lane in lanes {
+                    let _ = lane.send(crate::lane::StopLane).await;
+                }
                 let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(ownership) = ownership {
+                        ownership.stop();
+                    }
                     commit_sync(consumer.as_ref(), &offsets, &flow, &cluster);
                     for p in flow.partitions() {
                         p.set_state(PartitionState::Stopped);

@@ -249,6 +249,10 @@ pub struct Tuning {
     /// Exactly-once: longest time a transaction stays open (one opened on an
     /// idle partition commits once the partition is caught up).
     pub transaction_interval: Duration,
+    /// Exactly-once: how many lanes (transactional producers, each writing a
+    /// share of the partitions) the flow's partitions are divided among; 0:
+    /// one transactional producer per partition.
+    pub transaction_lanes: u32,
 }
 
 impl Default for Tuning {
@@ -264,6 +268,7 @@ impl Default for Tuning {
             max_consecutive_failures: 10,
             transaction_max_records: 10_000,
             transaction_interval: Duration::from_millis(100),
+            transaction_lanes: 0,
         }
     }
 }

@@ -98,6 +98,10 @@ pub struct FlowConfig {
     /// opened on an idle partition commits once the partition is caught up).
     #[serde(default = "default_transaction_interval", with = "humantime_serde")]
     pub transaction_interval: Duration,
+    /// Exactly-once: lanes (transactional producers, each writing a share of
+    /// the partitions) to divide the partitions among; 0: one per partition.
+    #[serde(default = "default_transaction_lanes")]
+    pub transaction_lanes: u32,
 }
 
 /// Topic configs that are never copied unless a flow's `topic_config_exclude`
@@ -185,6 +189,10 @@ fn default_transaction_max_records() -> usize {
 
 fn default_transaction_interval() -> Duration {
     Tuning::default().transaction_interval
+}
+
+fn default_transaction_lanes() -> u32 {
+    Tuning::default().transaction_lanes
 }
 
 /// `delivery`: the guarantee a flow gives.

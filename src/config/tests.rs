@@ -629,6 +629,13 @@ fn bad_durations() {
         ],
     );
     let msg = error(&with_flow(&format!(
+        "{EAST_TO_CENTRAL}\ntransaction_lanes = 1000"
+    )));
+    assert_mentions(
+        &msg,
+        &["flows[0].transaction_lanes", "1000", "from 0", "to 256"],
+    );
+    let msg = error(&with_flow(&format!(
         "{EAST_TO_CENTRAL}\ntopic_refresh_interval = \"5 parsecs\""
     )));
     assert_mentions(

@@ -136,6 +136,10 @@ fn log(log: &LogConfig) -> Result<LogSettings, ConfigError> {
 /// Longest `transaction_interval`: well inside the 60 s transaction timeout.
 const MAX_TRANSACTION_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Most `transaction_lanes`: each is a producer with its own threads, and
+/// the flow's instances are at most this many.
+const MAX_TRANSACTION_LANES: u32 = 256;
+
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(
@@ -388,6 +392,15 @@ fn flow_spec(
             ),
         ));
     }
+    if flow.transaction_lanes > MAX_TRANSACTION_LANES {
+        return Err(ConfigError::invalid(
+            k("transaction_lanes"),
+            format!(
+                "{} is too many; must be from 0 (a transactional producer per partition) to {MAX_TRANSACTION_LANES}",
+                flow.transaction_lanes
+            ),
+        ));
+    }
     if flow.restart_backoff_max < flow.restart_backoff_initial {
         return Err(ConfigError::invalid(
             k("restart_backoff_max"),
@@ -518,6 +531,7 @@ fn flow_spec(
             max_consecutive_failures: flow.max_consecutive_failures,
             transaction_max_records: flow.transaction_max_records,
             transaction_interval: flow.transaction_interval,
+            transaction_lanes: flow.transaction_lanes,
         },
         faults: Faults::default(),
     };

@@ -1,0 +1,254 @@
+//! The source of an exactly-once flow in lanes: partitions are assigned by
+//! lane, not by the source's consumer group.
+//!
+//! The lane group on the destination ([`crate::lane_ownership`]) says which
+//! lanes this instance owns. Each owned lane is opened first (which fences
+//! its older owner); then the source consumer is assigned, by hand, the
+//! partitions of the ready topics that fall in open lanes
+//! ([`crate::lane::lane_of`]), through the same routing as a group's
+//! assignment ([`SourceContext::assign`]), and their copiers send to their
+//! lane. A lane taken away is handled like a revocation: its partitions'
+//! copiers drain (the lane commits what they handed it), the source group
+//! is committed, and the lane closes before the group hands it on. The
+//! source group is still committed to, for lag tools, but nobody joins it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+
+use super::{Source, SourceConsumer};
+use crate::error::ReplicationError;
+use crate::lane::{lane_of, Lane, LaneOpened, LaneParts, StopLane};
+use crate::lane_ownership::{LaneOwnership, LanesAssigned, LanesRevoked};
+
+/// A source partition, by topic name.
+type Partition = (String, i32);
+
+/// What the source keeps of its lanes.
+pub(super) struct LaneState {
+    /// The flow's number of lanes.
+    count: u32,
+    /// This instance's member of the lane group, joined at the first
+    /// subscription (the lanes topic exists by then).
+    ownership: Option<LaneOwnership>,
+    /// Lanes owned, open or opening.
+    lanes: HashMap<u32, Addr<Lane>>,
+    /// Lanes open: their older owner is fenced, their partitions may go.
+    open: BTreeSet<u32>,
+    /// Topics ready to copy, with their partition counts.
+    topics: BTreeMap<String, i32>,
+    /// Partitions assigned to the consumer (or being assigned).
+    assigned: BTreeSet<Partition>,
+}
+
+impl LaneState {
+    pub(super) fn new(count: u32) -> Self {
+        Self {
+            count,
+            ownership: None,
+            lanes: HashMap::new(),
+            open: BTreeSet::new(),
+            topics: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+        }
+    }
+
+    /// The lane a partition's copier sends to, if this instance owns it.
+    pub(super) fn lane_for(&self, topic: &str, partition: i32) -> Option<Addr<Lane>> {
+        let lane = lane_of(topic, partition, self.count);
+        self.open
+            .contains(&lane)
+            .then(|| self.lanes.get(&lane).cloned())
+            .flatten()
+    }
+
+    /// Every lane and the group member, for a stop.
+    pub(super) fn take_all(&mut self) -> (Vec<Addr<Lane>>, Option<LaneOwnership>) {
+        self.open.clear();
+        let lanes = self.lanes.drain().map(|(_, lane)| lane).collect();
+        (lanes, self.ownership.take())
+    }
+
+    /// The partitions of the ready topics that fall in open lanes.
+    fn wanted(&self) -> BTreeSet<Partition> {
+        self.topics
+            .iter()
+            .flat_map(|(topic, count)| (0..*count).map(move |p| (topic.clone(), p)))
+            .filter(|(topic, p)| self.open.contains(&lane_of(topic, *p, self.count)))
+            .collect()
+    }
+}
+
+fn partition_list(partitions: &[Partition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
+}
+
+/// Assigns `partitions` to the consumer as a group's assignment would be:
+/// routed, positioned (committed offset, `start_from`), then handed to the
+/// supervisor, whose copiers resume them where the offset map says.
+/// Blocking: runs on tokio's blocking pool.
+fn assign(consumer: &SourceConsumer, partitions: &[Partition]) {
+    let tpl = partition_list(partitions);
+    let context = consumer.context();
+    context.assign(consumer, &tpl);
+    if let Err(error) = consumer.incremental_assign(&tpl) {
+        tracing::error!(cluster = %context.cluster, partitions = partitions.len(), error = %error, "cannot assign the partitions of this instance's lanes");
+    }
+    context.hand_over(consumer);
+}
+
+/// Takes `partitions` from the consumer as a group's revocation would: their
+/// copiers drain, the group is committed, their routes go. Blocking.
+fn unassign(consumer: &SourceConsumer, partitions: &[Partition]) {
+    let tpl = partition_list(partitions);
+    let context = consumer.context();
+    context.revoke(consumer, &tpl);
+    if let Err(error) = consumer.incremental_unassign(&tpl) {
+        tracing::warn!(cluster = %context.cluster, partitions = partitions.len(), error = %error, "cannot unassign the partitions of lanes this instance no longer owns");
+    }
+}
+
+impl Source {
+    /// A subscription in lanes: the ready topics and their partition counts;
+    /// the first one joins the lane group.
+    #[allow(clippy::result_large_err)] // as every ReplicationError result
+    pub(super) fn subscribe_lanes(
+        &mut self,
+        topics: BTreeMap<String, i32>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ReplicationError> {
+        let Some(state) = self.lanes.as_mut() else {
+            return Ok(());
+        };
+        state.topics = topics;
+        if state.ownership.is_none() {
+            let me = ctx.address();
+            state.ownership = Some(LaneOwnership::start(
+                &self.spec.destination,
+                &self.spec.group_id,
+                me.clone().recipient(),
+                me.recipient(),
+            )?);
+            tracing::info!(flow = %self.spec.name, lanes = state.count, "joined the lane group on the destination");
+        }
+        self.reassign(ctx);
+        Ok(())
+    }
+
+    /// Assigns the partitions newly in open lanes and unassigns those no
+    /// longer wanted (a topic gone).
+    fn reassign(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.lanes.as_mut() else {
+            return;
+        };
+        let wanted = state.wanted();
+        let added: Vec<Partition> = wanted.difference(&state.assigned).cloned().collect();
+        let removed: Vec<Partition> = state.assigned.difference(&wanted).cloned().collect();
+        state.assigned = wanted;
+        if !removed.is_empty() {
+            let consumer = Arc::clone(&self.consumer);
+            let work = tokio::task::spawn_blocking(move || unassign(&consumer, &removed));
+            ctx.spawn(work.into_actor(self).map(|_, _, _| ()));
+        }
+        if !added.is_empty() {
+            tracing::info!(flow = %self.spec.name, partitions = added.len(), "assigning the partitions of this instance's lanes");
+            let consumer = Arc::clone(&self.consumer);
+            let work = tokio::task::spawn_blocking(move || assign(&consumer, &added));
+            ctx.spawn(work.into_actor(self).map(|_, _, _| ()));
+        }
+    }
+}
+
+impl Handler<LanesAssigned> for Source {
+    type Result = ();
+
+    fn handle(&mut self, LanesAssigned(lanes): LanesAssigned, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let spec = Arc::clone(&self.spec);
+        let Some(state) = self.lanes.as_mut() else {
+            return;
+        };
+        let mut opening = Vec::new();
+        for lane in lanes {
+            tracing::info!(flow = %spec.name, lane, "lane assigned; opening it");
+            let addr = Lane::new(LaneParts {
+                destination: spec.destination.clone(),
+                group_id: spec.group_id.clone(),
+                flow: spec.name.clone(),
+                source_cluster: spec.source.alias.clone(),
+                lane,
+                lanes: state.count,
+                tuning: spec.tuning.clone(),
+                on_error: spec.on_error.clone(),
+            })
+            .start();
+            state.lanes.insert(lane, addr.clone());
+            opening.push(async move { (lane, addr.send(LaneOpened).await) });
+        }
+        let opened = futures::future::join_all(opening);
+        ctx.spawn(opened.into_actor(self).map(|results, act, ctx| {
+            let flow = act.spec.name.clone();
+            let Some(state) = act.lanes.as_mut() else {
+                return;
+            };
+            for (lane, result) in results {
+                match result {
+                    // Unless it was taken away meanwhile.
+                    Ok(Ok(())) if state.lanes.contains_key(&lane) => {
+                        tracing::info!(flow, lane, "lane open");
+                        state.open.insert(lane);
+                    }
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(flow, lane, error = %error, "lane did not open; its partitions are not copied here")
+                    }
+                    Err(_) => tracing::error!(flow, lane, "lane stopped while opening"),
+                }
+            }
+            act.reassign(ctx);
+        }));
+    }
+}
+
+impl Handler<LanesRevoked> for Source {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, LanesRevoked(lanes): LanesRevoked, _: &mut Context<Self>) -> Self::Result {
+        let flow = self.spec.name.clone();
+        let Some(state) = self.lanes.as_mut() else {
+            return Box::pin(fut::ready(()));
+        };
+        let mut closing = Vec::new();
+        for lane in &lanes {
+            tracing::info!(
+                flow,
+                lane,
+                "lane revoked; draining its partitions and closing it"
+            );
+            state.open.remove(lane);
+            closing.extend(state.lanes.remove(lane));
+        }
+        let wanted = state.wanted();
+        let removed: Vec<Partition> = state.assigned.difference(&wanted).cloned().collect();
+        state.assigned.retain(|p| wanted.contains(p));
+        let consumer = Arc::clone(&self.consumer);
+        let work = async move {
+            // The copiers drain into their lanes first, then the lanes
+            // commit and close: before the group hands them on.
+            let _ = tokio::task::spawn_blocking(move || unassign(&consumer, &removed)).await;
+            for lane in closing {
+                let _ = lane.send(StopLane).await;
+            }
+        };
+        Box::pin(work.into_actor(self))
+    }
+}
