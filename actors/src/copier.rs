@@ -788,13 +788,13 @@ impl Reader {
                 Ok(())
             }
             (Some(reason), OnError::DeadLetter(topic)) => {
-                let origin = [
-                    ("strait.source.cluster", eos.source_cluster.clone()),
-                    ("strait.source.topic", self.topic.to_string()),
-                    ("strait.source.partition", self.partition.to_string()),
-                    ("strait.source.offset", m.offset.to_string()),
-                    ("strait.error", reason.clone()),
-                ];
+                let origin = destination::dead_letter_origin(
+                    &eos.source_cluster,
+                    &self.topic,
+                    self.partition,
+                    m.offset,
+                    reason,
+                );
                 metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => eos.flow.clone(), labels::TOPIC => self.topic.to_string()).increment(1);
                 writer.send(topic, None, m, &origin).await
             }

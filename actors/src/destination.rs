@@ -458,6 +458,24 @@ async fn write_batch(
     Ok(())
 }
 
+/// The headers a transactional writer adds to a record it dead-letters,
+/// after the record's own: where it came from and why it was refused.
+pub(crate) fn dead_letter_origin(
+    source_cluster: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    error: &str,
+) -> [(&'static str, String); 5] {
+    [
+        ("strait.source.cluster", source_cluster.to_string()),
+        ("strait.source.topic", topic.to_string()),
+        ("strait.source.partition", partition.to_string()),
+        ("strait.source.offset", offset.to_string()),
+        ("strait.error", error.to_string()),
+    ]
+}
+
 pub(crate) fn owned_headers(record: &RecordView<'_>) -> Option<OwnedHeaders> {
     (record.header_count() > 0).then(|| {
         record.headers().fold(

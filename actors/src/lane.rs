@@ -736,13 +736,13 @@ impl BatchWrite {
                     Ok(())
                 }
                 (Some(reason), OnError::DeadLetter(topic)) => {
-                    let origin = [
-                        ("strait.source.cluster", self.source_cluster.clone()),
-                        ("strait.source.topic", msg.source_topic.to_string()),
-                        ("strait.source.partition", msg.partition.to_string()),
-                        ("strait.source.offset", record.offset.to_string()),
-                        ("strait.error", reason.clone()),
-                    ];
+                    let origin = destination::dead_letter_origin(
+                        &self.source_cluster,
+                        &msg.source_topic,
+                        msg.partition,
+                        record.offset,
+                        reason,
+                    );
                     metrics::counter!(names::RECORDS_DEAD_LETTERED, labels::FLOW => self.flow.clone(), labels::TOPIC => msg.source_topic.to_string()).increment(1);
                     self.queue(msg, &record, topic, None, Some(&origin)).await
                 }
