@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{shared_pair, KafkaCluster};
 use support::records::{
-    create_topic, id_payload, produce, read_topic, total_records, unique_name, verify_copy,
-    wait_for_complete_copy, wait_until, Delivery, Out, Stream,
+    create_topic, id_payload, partition_count, produce, read_topic, total_records, unique_name,
+    verify_copy, wait_for_complete_copy, wait_until, Delivery, Out, Stream,
 };
 use support::strait::{run_strait, Config, Memory, Strait};
 
@@ -386,16 +386,31 @@ fn source_down_30s_mid_stream_strait_keeps_running_with_bounded_memory_and_loses
 const KILLS: usize = 10;
 
 fn kill_nine_ten_times(delivery: Delivery, default_seed: u64) {
-    kill_nine_ten_times_with(delivery, default_seed, |config| config);
+    kill_nine_ten_times_with(delivery, default_seed, None);
 }
 
-/// Exactly-once in lanes (`transaction_lanes`): fewer lanes than partitions,
-/// so a lane's transactions carry records of several partitions.
-fn in_lanes(config: Config) -> Config {
-    config.flow_key("transaction_lanes", "3")
+/// The flow's config, in `lanes` lanes (`transaction_lanes`) if given.
+fn with_lanes(config: Config, lanes: Option<u32>) -> Config {
+    match lanes {
+        Some(n) => config.flow_key("transaction_lanes", &n.to_string()),
+        None => config,
+    }
 }
 
-fn kill_nine_ten_times_with(delivery: Delivery, default_seed: u64, tweak: fn(Config) -> Config) {
+/// Fails unless the flow of `group_id` runs in `lanes` lanes: its lanes
+/// topic exists on the destination with one partition per lane.
+fn assert_in_lanes(destination: &str, group_id: &str, lanes: Option<u32>) {
+    if let Some(n) = lanes {
+        let topic = format!("strait.lanes.{group_id}");
+        assert_eq!(
+            partition_count(destination, &topic),
+            Some(n as i32),
+            "the flow should copy in {n} lanes, with the lanes topic `{topic}`"
+        );
+    }
+}
+
+fn kill_nine_ten_times_with(delivery: Delivery, default_seed: u64, lanes: Option<u32>) {
     let _serial = serial();
     let seed = seed(default_seed);
     let mut rng = Lcg(seed);
@@ -404,12 +419,15 @@ fn kill_nine_ten_times_with(delivery: Delivery, default_seed: u64, tweak: fn(Con
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("kills");
     create_topic(src, &topic, PARTITIONS);
-    let config = tweak(fast_session(
-        Config::new(src, dst, &[&topic], &unique_name("strait.kills")).delivery(delivery),
-    ));
+    let group = unique_name("strait.kills");
+    let config = with_lanes(
+        fast_session(Config::new(src, dst, &[&topic], &group).delivery(delivery)),
+        lanes,
+    );
     let mut strait = Strait::start("strait", &config);
     let stream = Stream::start(src, &topic, PARTITIONS, 1_000, 100, u64::MAX);
     strait.wait_for_copy(dst, &topic, PARTITIONS, 2_000, WAIT);
+    assert_in_lanes(dst, &group, lanes);
 
     for kill in 1..=KILLS {
         // Half the kills land while Strait is still starting (joining the
@@ -468,7 +486,9 @@ fn exactly_once_sigkill_ten_times_at_random_points_each_record_once() {
 
 #[test]
 fn exactly_once_in_lanes_sigkill_ten_times_at_random_points_each_record_once() {
-    kill_nine_ten_times_with(Delivery::ExactlyOnce, 0x5eed_0003, in_lanes);
+    // Fewer lanes than partitions: a lane's transactions carry records of
+    // several partitions.
+    kill_nine_ten_times_with(Delivery::ExactlyOnce, 0x5eed_0003, Some(3));
 }
 
 // ---------------------------------------------------------------------------
@@ -876,27 +896,27 @@ fn unreachable_source_at_start_up_strait_retries_not_ready_then_replicates() {
 
 #[test]
 fn exactly_once_two_instances_one_killed_destination_holds_each_record_once_in_order() {
-    two_instances_one_killed(|config| config);
+    two_instances_one_killed(None);
 }
 
 #[test]
 fn exactly_once_in_lanes_two_instances_one_killed_destination_holds_each_record_once_in_order() {
     // As many lanes as partitions: both instances get some.
-    two_instances_one_killed(|config| {
-        config.flow_key("transaction_lanes", &PARTITIONS.to_string())
-    });
+    two_instances_one_killed(Some(PARTITIONS as u32));
 }
 
-fn two_instances_one_killed(tweak: fn(Config) -> Config) {
+fn two_instances_one_killed(lanes: Option<u32>) {
     let _serial = serial();
     let delivery = Delivery::ExactlyOnce;
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("eos-pair");
     create_topic(src, &topic, PARTITIONS);
-    let config_a = tweak(fast_session(
-        Config::new(src, dst, &[&topic], &unique_name("strait.eos-pair")).delivery(delivery),
-    ));
+    let group = unique_name("strait.eos-pair");
+    let config_a = with_lanes(
+        fast_session(Config::new(src, dst, &[&topic], &group).delivery(delivery)),
+        lanes,
+    );
     let config_b = config_a.another_instance();
     let mut a = Strait::start("strait-a", &config_a);
     let mut b = Strait::start("strait-b", &config_b);
@@ -917,6 +937,7 @@ fn two_instances_one_killed(tweak: fn(Config) -> Config) {
             ))
         }
     });
+    assert_in_lanes(dst, &group, lanes);
     eprintln!("split: strait-a {:?}, strait-b {:?}", split.0, split.1);
     // Let both copy for a while, then kill strait-b mid-stream.
     wait_until("both instances to copy records", WAIT, || {
