@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
@@ -26,6 +27,9 @@ use crate::lane_ownership::{LaneOwnership, LanesAssigned, LanesRevoked};
 
 /// A source partition, by topic name.
 type Partition = (String, i32);
+
+/// A change of the consumer's assignment, done once polled to the end.
+type Change = Shared<BoxFuture<'static, ()>>;
 
 /// What the source keeps of its lanes.
 pub(super) struct LaneState {
@@ -42,6 +46,9 @@ pub(super) struct LaneState {
     topics: BTreeMap<String, i32>,
     /// Partitions assigned to the consumer (or being assigned).
     assigned: BTreeSet<Partition>,
+    /// The latest change of the consumer's assignment (see
+    /// [`LaneState::queue_change`]).
+    changes: Option<Change>,
 }
 
 impl LaneState {
@@ -53,7 +60,27 @@ impl LaneState {
             open: BTreeSet::new(),
             topics: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            changes: None,
         }
+    }
+
+    /// Queues a change of the consumer's assignment: it runs on tokio's
+    /// blocking pool once every change queued before it is done. A lane
+    /// revoked while its partitions were being assigned must have them
+    /// unassigned after, not before: else they stayed assigned with no
+    /// copier, their reads holding the flow's read budget for ever.
+    fn queue_change(&mut self, change: impl FnOnce() + Send + 'static) -> Change {
+        let before = self.changes.take();
+        let next = async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            let _ = tokio::task::spawn_blocking(change).await;
+        }
+        .boxed()
+        .shared();
+        self.changes = Some(next.clone());
+        next
     }
 
     /// The lane a partition's copier sends to, if this instance owns it.
@@ -152,16 +179,18 @@ impl Source {
         let added: Vec<Partition> = wanted.difference(&state.assigned).cloned().collect();
         let removed: Vec<Partition> = state.assigned.difference(&wanted).cloned().collect();
         state.assigned = wanted;
+        let mut changes = Vec::new();
         if !removed.is_empty() {
             let consumer = Arc::clone(&self.consumer);
-            let work = tokio::task::spawn_blocking(move || unassign(&consumer, &removed));
-            ctx.spawn(work.into_actor(self).map(|_, _, _| ()));
+            changes.push(state.queue_change(move || unassign(&consumer, &removed)));
         }
         if !added.is_empty() {
             tracing::info!(flow = %self.spec.name, partitions = added.len(), "assigning the partitions of this instance's lanes");
             let consumer = Arc::clone(&self.consumer);
-            let work = tokio::task::spawn_blocking(move || assign(&consumer, &added));
-            ctx.spawn(work.into_actor(self).map(|_, _, _| ()));
+            changes.push(state.queue_change(move || assign(&consumer, &added)));
+        }
+        for change in changes {
+            ctx.spawn(change.into_actor(self));
         }
     }
 }
@@ -241,14 +270,47 @@ impl Handler<LanesRevoked> for Source {
         let removed: Vec<Partition> = state.assigned.difference(&wanted).cloned().collect();
         state.assigned.retain(|p| wanted.contains(p));
         let consumer = Arc::clone(&self.consumer);
+        let unassigned = state.queue_change(move || unassign(&consumer, &removed));
         let work = async move {
             // The copiers drain into their lanes first, then the lanes
             // commit and close: before the group hands them on.
-            let _ = tokio::task::spawn_blocking(move || unassign(&consumer, &removed)).await;
+            unassigned.await;
             for lane in closing {
                 let _ = lane.send(StopLane).await;
             }
         };
         Box::pin(work.into_actor(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn assignment_changes_reach_the_consumer_in_the_order_they_were_decided() {
+        let mut state = LaneState::new(4);
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let first = {
+            let done = Arc::clone(&done);
+            state.queue_change(move || {
+                // An assignment that takes a while (committed offsets).
+                std::thread::sleep(Duration::from_millis(300));
+                done.lock().expect("lock").push("assign");
+            })
+        };
+        let second = {
+            let done = Arc::clone(&done);
+            state.queue_change(move || done.lock().expect("lock").push("unassign"))
+        };
+        // Driven in the other order, as two spawned tasks may be.
+        let second = tokio::spawn(second);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = tokio::spawn(first);
+        second.await.expect("the unassignment ran");
+        first.await.expect("the assignment ran");
+        assert_eq!(*done.lock().expect("lock"), ["assign", "unassign"]);
     }
 }
