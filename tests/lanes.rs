@@ -1,6 +1,7 @@
 //! Exactly-once lanes on real brokers (`strait_actors::lane`): one
 //! transactional producer writing the records of many partitions, each
-//! transaction carrying their offset-map entries; a new owner of a lane
+//! transaction carrying their offset-map entries and ending early once
+//! every partition in it is caught up; a new owner of a lane
 //! fencing the old one; an aborted transaction failing its batches and
 //! refusing the rest of their epoch, and, with `on_error = "skip"`, the
 //! next attempt leaving out the record the destination refused. And the
@@ -112,8 +113,23 @@ impl Partition {
         }
     }
 
-    /// Registers `batch` with the partition's progress and sends it.
+    /// Registers `batch` with the partition's progress and sends it, as a
+    /// copier with more to send after it.
     async fn write(&self, lane: &Addr<Lane>, batch: Batch) -> Result<(), ReplicationError> {
+        self.write_with(lane, batch, false).await
+    }
+
+    /// [`Partition::write`], as a copier that has caught up after `batch`.
+    async fn write_last(&self, lane: &Addr<Lane>, batch: Batch) -> Result<(), ReplicationError> {
+        self.write_with(lane, batch, true).await
+    }
+
+    async fn write_with(
+        &self,
+        lane: &Addr<Lane>,
+        batch: Batch,
+        at_head: bool,
+    ) -> Result<(), ReplicationError> {
         let (first, next) = (
             batch.first_offset().expect("a batch with records"),
             batch.next_offset().expect("a batch with records"),
@@ -128,6 +144,7 @@ impl Partition {
             partition: self.partition,
             ack,
             alone: false,
+            at_head,
             budget: None,
         })
         .await
@@ -362,6 +379,63 @@ fn a_lanes_transaction_commits_when_its_interval_ends() {
         }
         let visible = topic.clone();
         off(move || wait_for_values(&visible, &[&["a"], &["b"]])).await;
+        lane.send(StopLane).await.expect("the lane stops");
+    });
+}
+
+#[test]
+fn a_lanes_transaction_ends_once_every_partition_in_it_is_caught_up_before_its_interval() {
+    let (_, dst) = shared_pair();
+    let topic = unique_name("lanes-caught-up");
+    create_topic(dst.bootstrap(), &topic, 2);
+    let group = unique_name("strait.lanes-caught-up");
+    System::new().block_on(async {
+        // Neither the interval nor the size ends a transaction here.
+        let lane = start_lane(parts(&group, LONG, 10_000, OnError::Fail)).await;
+        let partitions: Vec<Partition> = (0..2)
+            .map(|p| Partition::new("orders", &topic, p))
+            .collect();
+        partitions[0]
+            .write_last(&lane, batch(0, &values(&["a"])))
+            .await
+            .expect("queued");
+        partitions[1]
+            .write(&lane, batch(0, &values(&["b"])))
+            .await
+            .expect("queued");
+        // Partition 1's copier has more to send: the transaction waits.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for p in &partitions {
+            assert_eq!(p.progress.committable(), Some(0), "committed too soon");
+        }
+        assert_eq!(
+            committed_values_now(&topic, 2).await,
+            vec![Vec::<String>::new(), Vec::new()]
+        );
+        // Its last batch: every partition in the transaction is caught up.
+        partitions[1]
+            .write_last(&lane, batch(1, &values(&["c"])))
+            .await
+            .expect("queued");
+        for p in &partitions {
+            p.settled().await;
+            assert!(p.progress.failure().is_none(), "{:?}", p.progress.failure());
+        }
+        assert_eq!(partitions[0].progress.committable(), Some(1));
+        assert_eq!(partitions[1].progress.committable(), Some(2));
+        let visible = topic.clone();
+        off(move || wait_for_values(&visible, &[&["a"], &["b", "c"]])).await;
+        let entries = {
+            let group = group.clone();
+            off(move || wait_for_map(&group, 2)).await
+        };
+        assert_eq!(
+            entries,
+            BTreeMap::from([
+                (("orders".to_string(), 0), 1),
+                (("orders".to_string(), 1), 2)
+            ])
+        );
         lane.send(StopLane).await.expect("the lane stops");
     });
 }

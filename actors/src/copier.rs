@@ -425,11 +425,13 @@ impl Reader {
                 mut batch,
                 held,
                 read_at,
-                ..
+                at_head,
             }) = self.next_parcel(inbox).await?
             else {
                 continue;
             };
+            // Nothing more to send for now (read once the batch is taken).
+            let at_head = at_head && inbox.is_empty();
             let Some(first) = batch.first_offset() else {
                 continue;
             };
@@ -449,7 +451,8 @@ impl Reader {
                 batch = rest;
             }
             if !batch.is_empty() {
-                self.send(batch, false, read_at, Some(held)).await?;
+                self.send(batch, false, at_head, read_at, Some(held))
+                    .await?;
             }
         }
     }
@@ -490,7 +493,9 @@ impl Reader {
     ) -> Result<bool, ReplicationError> {
         while !batch.is_empty() {
             let rest = batch.split_off(1);
-            self.send(batch, true, read_at, None).await?;
+            // Nothing more is sent before it is acknowledged: in a lane,
+            // its transaction need not wait out the interval.
+            self.send(batch, true, true, read_at, None).await?;
             self.wait_until_acknowledged().await;
             if self.status.progress.failure().is_some() || self.stop.load(Ordering::SeqCst) {
                 return Ok(false);
@@ -812,6 +817,7 @@ impl Reader {
         &self,
         batch: Batch,
         alone: bool,
+        at_head: bool,
         read_at: Instant,
         held: Option<Held>,
     ) -> Result<(), ReplicationError> {
@@ -838,6 +844,7 @@ impl Reader {
                 partition: self.partition,
                 ack,
                 alone,
+                at_head,
                 budget: held,
             })
             .await

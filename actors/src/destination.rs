@@ -340,6 +340,11 @@ pub struct WriteBatch {
     pub ack: Arc<BatchAck>,
     /// A single record sent with nothing else of its partition in flight.
     pub alone: bool,
+    /// The batch ends at the partition's head as of the source's latest
+    /// fetch, and nothing more of the partition was waiting to be sent: its
+    /// copier has nothing else for now. A lane commits a transaction early
+    /// once every partition in it is there (see [`crate::lane`]).
+    pub at_head: bool,
     /// The batch's share of the flow's budget for records on their way here
     /// (see [`crate::dispatcher::BatchBudget`]); given back when the batch is
     /// dropped, once its records are in the producer's queue.

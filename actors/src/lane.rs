@@ -27,7 +27,7 @@
 //! the producer's queue is full, which is how a slow destination slows the
 //! copiers down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -232,6 +232,9 @@ struct Transaction {
     batches: Vec<Sent>,
     /// The next offset of each partition written: its offset-map entry.
     ends: BTreeMap<PartitionKey, i64>,
+    /// Partitions whose latest batch here was not at their head: their
+    /// copiers have more to send, so the transaction waits for them.
+    behind: HashSet<PartitionKey>,
     /// Why it cannot commit, when a record was refused before it was queued.
     doomed: Option<String>,
 }
@@ -244,6 +247,8 @@ enum End {
     Interval,
     /// `transaction_max_records` was reached.
     Full,
+    /// Every partition in it was caught up, and no batch was waiting.
+    CaughtUp,
     /// The lane is stopping.
     Stopping,
 }
@@ -253,6 +258,7 @@ impl End {
         match self {
             Self::Interval => "interval",
             Self::Full => "full",
+            Self::CaughtUp => "caught_up",
             Self::Stopping => "stopping",
         }
     }
@@ -407,6 +413,7 @@ impl Lane {
             records: 0,
             batches: Vec::new(),
             ends: BTreeMap::new(),
+            behind: HashSet::new(),
             doomed: None,
         });
         ctx.run_later(self.parts.tuning.transaction_interval, move |act, ctx| {
@@ -419,6 +426,28 @@ impl Lane {
             }
         });
         Ok(())
+    }
+
+    /// Ends transaction `id` once the batches already in the mailbox were
+    /// taken, if none of them came (it then still holds `batches`).
+    ///
+    /// Every partition in it is caught up, so waiting out the interval
+    /// would only delay what read-committed consumers see. The timer runs
+    /// after the mailbox's ready messages, so batches that arrived together
+    /// (or during the previous commit, which held the lane) share a
+    /// transaction: at a steady trickle the lane commits back to back,
+    /// each commit taking what came during the one before. During a
+    /// catch-up partitions are behind their head and the interval holds.
+    fn end_when_quiet(&mut self, id: u64, batches: usize, ctx: &mut Context<Self>) {
+        ctx.run_later(Duration::ZERO, move |act, ctx| {
+            let unchanged = act
+                .txn
+                .as_ref()
+                .is_some_and(|t| t.id == id && t.batches.len() == batches);
+            if unchanged && !act.writing {
+                act.end(End::CaughtUp, ctx);
+            }
+        });
     }
 
     fn transaction_error(&self, reason: String) -> ReplicationError {
@@ -865,10 +894,16 @@ impl Handler<WriteBatch> for Lane {
                         partition: partition.clone(),
                         first_offset,
                     });
+                    if msg.at_head {
+                        txn.behind.remove(&partition);
+                    } else {
+                        txn.behind.insert(partition.clone());
+                    }
                     txn.ends.insert(partition, next);
                     txn.records += msg.batch.len();
                 }
                 let full = txn.records >= max_records;
+                let caught_up = txn.behind.is_empty().then_some(txn.batches.len());
                 let due = std::mem::take(&mut act.due);
                 if doomed.is_some() {
                     txn.doomed = doomed;
@@ -877,6 +912,8 @@ impl Handler<WriteBatch> for Lane {
                     act.end(End::Full, ctx);
                 } else if due {
                     act.end(End::Interval, ctx);
+                } else if let Some(batches) = caught_up {
+                    act.end_when_quiet(txn_id, batches, ctx);
                 }
                 Ok(())
             },

@@ -243,8 +243,9 @@ pub const OFFSET_COMMITS: &str = "strait_offset_commits_total";
 pub const OFFSET_COMMIT_FAILURES: &str = "strait_offset_commit_failures_total";
 
 /// Counter: exactly-once transactions committed on the destination.
-/// Labels: `flow`, `reason` (why the copier ended it: `caught_up`, opened on
-/// an idle partition, which then had nothing more to read; `interval`,
+/// Labels: `flow`, `reason` (why the copier or lane ended it: `caught_up`,
+/// opened on an idle partition, which then had nothing more to read (in a
+/// lane: every partition in it had nothing more to send); `interval`,
 /// `transaction_interval` ran out; `full`, `transaction_max_records` was
 /// reached; `stopping`).
 pub const TRANSACTIONS_COMMITTED: &str = "strait_transactions_committed_total";

@@ -308,6 +308,7 @@ fn full_destination_blocks_the_sender_instead_of_growing() {
                             partition: 0,
                             ack,
                             alone: false,
+                            at_head: false,
                             budget: None,
                         })
                         .await
