@@ -179,6 +179,21 @@ impl Batch {
         rest
     }
 
+    /// How many of the first records fit in one produce request that
+    /// carries at most `bytes` (by [`RecordView::wire_size`]) and `records`
+    /// records; at least one, however large.
+    pub fn fitting(&self, bytes: usize, records: usize) -> usize {
+        let mut filled = 0;
+        for (i, record) in self.iter().enumerate() {
+            let size = record.wire_size();
+            if i > 0 && (i >= records || filled + size > bytes) {
+                return i;
+            }
+            filled += size;
+        }
+        self.len()
+    }
+
     /// Index of the first record at or after `offset` (the length if none).
     pub fn position_of(&self, offset: i64) -> usize {
         self.records.partition_point(|r| r.offset < offset)
@@ -349,5 +364,20 @@ mod tests {
             36,
             "a tombstone with no key is framing only"
         );
+    }
+
+    #[test]
+    fn fitting_counts_the_records_one_produce_request_carries() {
+        let mut b = Batch::with_capacity(4, 4096);
+        for offset in 0..4 {
+            b.push(&message(offset, None, Some(&[7u8; 1000])));
+        }
+        let size = b.iter().next().map(|r| r.wire_size()).unwrap_or_default();
+        assert_eq!(b.fitting(usize::MAX, usize::MAX), 4, "all fit");
+        assert_eq!(b.fitting(2 * size, usize::MAX), 2, "by bytes");
+        assert_eq!(b.fitting(2 * size - 1, usize::MAX), 1, "a byte short");
+        assert_eq!(b.fitting(usize::MAX, 3), 3, "by records");
+        assert_eq!(b.fitting(1, 1), 1, "one record however large");
+        assert_eq!(Batch::with_capacity(0, 0).fitting(10, 10), 0);
     }
 }

@@ -49,7 +49,7 @@ use crate::offset_store::{self, StoredOffset, OFFSETS_TOPIC};
 use crate::progress::BatchAck;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::transactional::{
-    blocking, commit_transaction, is_fencing, transactional_settings, TxnError,
+    self, blocking, commit_transaction, is_fencing, transactional_settings, Fill, TxnError,
 };
 
 /// How long one transaction call may block.
@@ -86,6 +86,14 @@ pub fn lane_of(topic: &str, partition: i32, lanes: u32) -> u32 {
 /// The transactional id of lane `lane` of the flow whose group is `group_id`.
 pub fn transactional_id(group_id: &str, lane: u32) -> String {
     format!("{group_id}.lane-{lane}")
+}
+
+/// What one produce request of a lane of `group_id` carries for one
+/// partition: copiers send it batches of at most that (see
+/// [`crate::copier`]).
+pub(crate) fn request_capacity(cluster: &ClusterSpec, group_id: &str) -> Fill {
+    // The request header names the lane: counted at its longest.
+    transactional::request_capacity(cluster, &transactional_id(group_id, u32::MAX))
 }
 
 /// What a lane is given when started.

@@ -80,10 +80,10 @@ const REQUEST_HEADER_BYTES: usize = 1024;
 
 /// What one produce request can carry, or how much of it the records queued
 /// since the last flush (or the transaction's start) take.
-#[derive(Debug, Default)]
-struct Fill {
-    bytes: usize,
-    records: usize,
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fill {
+    pub(crate) bytes: usize,
+    pub(crate) records: usize,
 }
 
 /// The bytes of records that a flow's transactional producers may hold
@@ -171,7 +171,7 @@ impl ProducerContext for TransactionContext {
 /// What one produce request of `cluster`'s producers carries for one
 /// partition: the smaller of `batch.size` and `message.max.bytes`, less the
 /// request header, and `batch.num.messages` records.
-fn request_capacity(cluster: &ClusterSpec, transactional_id: &str) -> Fill {
+pub(crate) fn request_capacity(cluster: &ClusterSpec, transactional_id: &str) -> Fill {
     let property = |key: &str, default: usize| {
         cluster
             .properties
