@@ -2,7 +2,9 @@
 //! open. `transaction_interval` bounds every transaction; one opened on an
 //! idle partition commits as soon as the partition is caught up with nothing
 //! more waiting, so a read-committed consumer of the destination does not
-//! wait out the interval for records that trickle in.
+//! wait out the interval for records that trickle in; in lanes, once every
+//! partition in it is. And a lane is never handed more than one produce
+//! request's worth of a partition at a time.
 
 mod support;
 
@@ -14,8 +16,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use strait_actors::{transactional, ClusterSpec};
 use support::cluster::{shared_pair, KafkaCluster};
 use support::records::{
-    create_topic, id_records, produce, read_topic, unique_name, verify_copy,
-    wait_for_complete_copy, wait_until, Delivery,
+    create_topic, id_payload, id_records, produce, read_topic, unique_name, verify_copy,
+    wait_for_complete_copy, wait_until, Delivery, Out,
 };
 use support::strait::{toml_str, Config, Strait};
 
@@ -33,18 +35,32 @@ const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
 
 #[test]
 fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_interval_ends() {
+    caught_up_records_are_committed_before_the_interval_ends(None);
+}
+
+#[test]
+fn exactly_once_in_lanes_records_to_caught_up_partitions_are_committed_before_transaction_interval_ends(
+) {
+    // One lane: each transaction spans both partitions.
+    caught_up_records_are_committed_before_the_interval_ends(Some(1));
+}
+
+fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) {
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("eos-head");
     create_topic(src, &topic, PARTITIONS);
     produce(src, &topic, &id_records(0, 1_000, PARTITIONS));
 
-    let config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-head"))
+    let mut config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-head"))
         .delivery(Delivery::ExactlyOnce)
         .flow_key(
             "transaction_interval",
             &toml_str(&format!("{}s", INTERVAL.as_secs())),
         );
+    if let Some(lanes) = lanes {
+        config = config.flow_key("transaction_lanes", &lanes.to_string());
+    }
     let mut strait = Strait::start("strait", &config);
     let first = read_topic(src, &topic, PARTITIONS);
     wait_for_complete_copy(&first, dst, &topic, Delivery::ExactlyOnce, WAIT, || {
@@ -89,11 +105,17 @@ fn exactly_once_record_to_caught_up_partition_is_committed_before_transaction_in
             .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
             .unwrap_or(0.0)
     };
+    // A producer per partition commits each partition's record alone; a
+    // lane may commit a round's records together.
+    let rounds = match lanes {
+        None => 3 * PARTITIONS,
+        Some(_) => 3,
+    };
     let (caught_up, interval) = wait_until(
         "the metrics to count the transactions ended because their partition was caught up",
         WAIT,
         || match (committed("caught_up"), committed("interval")) {
-            (c, i) if c >= (3 * PARTITIONS) as f64 => Ok((c, i)),
+            (c, i) if c >= f64::from(rounds) => Ok((c, i)),
             other => Err(format!("(caught_up, interval) = {other:?}")),
         },
     );
@@ -144,4 +166,60 @@ fn warm_up_brings_up_the_transaction_coordinator_of_a_destination_that_never_saw
         has_topic(dst, "__transaction_state"),
         "the warm-up created the transaction log, so the copiers find its coordinator"
     );
+}
+
+#[test]
+fn exactly_once_in_lanes_sends_no_batch_larger_than_one_produce_request() {
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("eos-lane-pieces");
+    create_topic(src, &topic, PARTITIONS);
+    // 2 MB of 1 KB records: the source hands copiers batches of up to
+    // `batch_max_bytes` (1 MiB), far more than one request carries here.
+    let records: Vec<Out> = (0..2_000u64)
+        .map(|id| {
+            Out::keyed(
+                (id % PARTITIONS as u64) as i32,
+                format!("k{id}"),
+                id_payload(id, 1_000),
+            )
+        })
+        .collect();
+    produce(src, &topic, &records);
+
+    const REQUEST_BYTES: u64 = 16_384;
+    let config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-lane-pieces"))
+        .delivery(Delivery::ExactlyOnce)
+        .flow_key("transaction_lanes", "1")
+        .kafka("destination", "batch.size", &REQUEST_BYTES.to_string());
+    let mut strait = Strait::start("strait", &config);
+    let copied = read_topic(src, &topic, PARTITIONS);
+    wait_for_complete_copy(&copied, dst, &topic, Delivery::ExactlyOnce, WAIT, || {
+        strait.assert_running();
+        strait.status_summary()
+    });
+
+    // Every batch handed to the lane fits one request: the histogram's
+    // bucket at the request size holds them all.
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        strait
+            .metric(name, labels)
+            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+            .unwrap_or_else(|| panic!("{name}{labels:?} is not on /metrics"))
+    };
+    let batches = sample("strait_batch_bytes_count", &[]);
+    let within = sample(
+        "strait_batch_bytes_bucket",
+        &[("le", &REQUEST_BYTES.to_string())],
+    );
+    assert!(
+        batches >= (2_000_000 / REQUEST_BYTES) as f64,
+        "{batches} batches for 2 MB in requests of {REQUEST_BYTES} bytes"
+    );
+    assert_eq!(
+        within, batches,
+        "batches larger than one produce request ({REQUEST_BYTES} bytes) reached the lane"
+    );
+    strait.stop();
+    verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
 }
