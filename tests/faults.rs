@@ -1,7 +1,8 @@
 //! Faults that must lose nothing, on real brokers: the destination or the
 //! source cluster stopped mid-stream, `kill -9` ten times in one stream, a
 //! copier that fails, a source unreachable at start-up, and (exactly-once) an
-//! instance killed while another shares its group.
+//! instance killed while another shares its group, and an instance set to
+//! divide a flow the other way (in lanes, or not) started beside running ones.
 //!
 //! Every test ends with the verifier ([`verify_copy`]): it reads both clusters
 //! (`read_committed`) and compares per partition by payload id. Nothing may be
@@ -976,5 +977,89 @@ fn two_instances_one_killed(lanes: Option<u32>) {
     });
     a.stop();
     eprintln!("two instances, one killed: {produced} records produced");
+    verify_copy(src, dst, &topic, &topic, PARTITIONS, delivery);
+}
+
+#[test]
+fn turning_lanes_on_waits_until_instances_without_lanes_stopped_each_record_once() {
+    switch_lanes(None, Some(2));
+}
+
+#[test]
+fn turning_lanes_off_waits_until_instances_in_lanes_stopped_each_record_once() {
+    switch_lanes(Some(2), None);
+}
+
+/// An instance of a flow set to divide it one way (`first` lanes) copies;
+/// one set the other way (`second`) starts beside it, and must copy nothing
+/// (it would copy the same partitions under transactional ids that do not
+/// fence the first's) until the first stops; then it takes over, and each
+/// record is on the destination once, in order.
+fn switch_lanes(first: Option<u32>, second: Option<u32>) {
+    let _serial = serial();
+    let delivery = Delivery::ExactlyOnce;
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("eos-switch");
+    create_topic(src, &topic, PARTITIONS);
+    let group = unique_name("strait.eos-switch");
+    let base = fast_session(Config::new(src, dst, &[&topic], &group).delivery(delivery));
+    let config_b = with_lanes(base.another_instance(), second);
+    let config_a = with_lanes(base, first);
+    let batch = |first_id: u64| -> Vec<Out> {
+        (first_id..first_id + 1_000)
+            .map(|id| {
+                Out::keyed(
+                    (id % PARTITIONS as u64) as i32,
+                    format!("k{id}"),
+                    id_payload(id, 32),
+                )
+            })
+            .collect()
+    };
+    let copied = |strait: &Strait| {
+        let records = read_topic(src, &topic, PARTITIONS);
+        wait_for_complete_copy(&records, dst, &topic, delivery, CATCH_UP, || {
+            strait.assert_running();
+            strait.status_summary()
+        });
+    };
+
+    produce(src, &topic, &batch(0));
+    let mut a = Strait::start("strait-a", &config_a);
+    copied(&a);
+    assert_in_lanes(dst, &group, first);
+
+    let mut b = Strait::start("strait-b", &config_b);
+    wait_until("strait-b to refuse to copy beside strait-a", WAIT, || {
+        b.assert_running();
+        if b.log().contains("instances of this flow run") {
+            Ok(())
+        } else {
+            Err(b.log_tail(20))
+        }
+    });
+    // strait-a goes on alone.
+    produce(src, &topic, &batch(1_000));
+    copied(&a);
+    let idle = b
+        .active_partitions()
+        .unwrap_or_else(|e| b.fail(&format!("reading strait-b's status: {e}")));
+    assert!(idle.is_empty(), "strait-b copies beside strait-a: {idle:?}");
+    if first.is_none() {
+        let lanes_topic = format!("strait.lanes.{group}");
+        assert_eq!(
+            partition_count(dst, &lanes_topic),
+            None,
+            "strait-b should not have gone as far as creating `{lanes_topic}`"
+        );
+    }
+
+    // Once strait-a has stopped, strait-b takes over.
+    a.stop();
+    produce(src, &topic, &batch(2_000));
+    copied(&b);
+    assert_in_lanes(dst, &group, second);
+    b.stop();
     verify_copy(src, dst, &topic, &topic, PARTITIONS, delivery);
 }

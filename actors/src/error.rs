@@ -107,6 +107,15 @@ pub enum ReplicationError {
         found: i32,
         configured: u32,
     },
+    /// Instances of the flow that divide its partitions the other way (in
+    /// lanes, or not) are running.
+    #[error("cluster `{cluster}`: the consumer group `{group}` has members ({members}): instances of this flow run {running}, and both kinds would copy the same partitions; stop them (or change this instance's transaction_lanes back) before starting this one")]
+    OtherMode {
+        cluster: String,
+        group: String,
+        members: String,
+        running: String,
+    },
     /// A newer owner of the partition took over its transactional id.
     #[error("{topic}[{partition}] is now written by another instance (fenced): {reason}")]
     Fenced {

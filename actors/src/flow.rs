@@ -27,6 +27,7 @@ use crate::discovery::{
 use crate::error::ReplicationError;
 use crate::lane_ownership;
 use crate::metrics::{self as names, labels};
+use crate::mode_guard;
 use crate::offset_store;
 use crate::source::{Source, StopSource, Subscribe};
 use crate::spec::{ClusterSpec, Delivery, FlowSpec, OnError};
@@ -583,12 +584,15 @@ impl FlowSupervisor {
 }
 
 impl FlowSupervisor {
-    /// Creates the destination topics Strait writes besides the copies: the
-    /// offset map (exactly-once) and the dead-letter topic. Copying starts
-    /// only once they exist; until then this is retried.
+    /// Checks that no instance of the flow divides it the other way
+    /// ([`mode_guard`]), then creates the destination topics Strait writes
+    /// besides the copies: the offset map (exactly-once), the lanes topic
+    /// and the dead-letter topic. Copying starts only once both are done;
+    /// until then this is retried.
     fn prepare_internal_topics(&mut self, ctx: &mut Context<Self>) {
         let spec = Arc::clone(&self.spec);
         let work = async move {
+            mode_guard::ensure_no_other_mode(&spec).await?;
             if spec.delivery == Delivery::ExactlyOnce {
                 offset_store::ensure_topic(&spec.destination).await?;
                 if spec.tuning.transaction_lanes > 0 {
@@ -609,6 +613,10 @@ impl FlowSupervisor {
             Ok(()) => {
                 act.internal_topics_ready = true;
                 act.subscribe(ctx);
+            }
+            Err(error @ ReplicationError::OtherMode { .. }) => {
+                tracing::error!(flow = %act.spec.name, error = %error, "not copying; checking again in 5 s");
+                ctx.run_later(Duration::from_secs(5), |act, ctx| act.prepare_internal_topics(ctx));
             }
             Err(error) => {
                 tracing::warn!(flow = %act.spec.name, error = %error, "cannot create Strait's own destination topics; retrying");

@@ -25,6 +25,7 @@
 //! transactional producer for a share of the partitions, the lanes divided
 //! among instances by [`lane_ownership`] and the source assigned their
 //! partitions by hand (`source/lanes.rs`; docs/exactly-once.md, "Lanes").
+//! [`mode_guard`] keeps a flow from running both ways at once.
 //!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
 //! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP
@@ -43,6 +44,7 @@ pub mod flow;
 pub mod lane;
 pub mod lane_ownership;
 pub mod metrics;
+pub mod mode_guard;
 pub mod offset_store;
 pub mod progress;
 pub mod source;
