@@ -362,9 +362,7 @@ impl FlowSupervisor {
         // In lanes the source assigns partitions itself, so it hears of a
         // topic's new partitions with the subscription (a group consumer
         // finds them on its own); an unchanged one costs it a comparison.
-        let lanes =
-            self.spec.delivery == Delivery::ExactlyOnce && self.spec.tuning.transaction_lanes > 0;
-        if self.ready.insert(topic.to_string()) || lanes {
+        if self.ready.insert(topic.to_string()) || self.spec.in_lanes() {
             self.subscribe(ctx);
         }
     }
@@ -595,7 +593,7 @@ impl FlowSupervisor {
             mode_guard::ensure_no_other_mode(&spec).await?;
             if spec.delivery == Delivery::ExactlyOnce {
                 offset_store::ensure_topic(&spec.destination).await?;
-                if spec.tuning.transaction_lanes > 0 {
+                if spec.in_lanes() {
                     lane_ownership::ensure_lanes_topic(
                         &spec.destination,
                         &spec.group_id,
@@ -634,7 +632,7 @@ impl FlowSupervisor {
         let work = async move {
             let began = Instant::now();
             let lanes = async {
-                if spec.tuning.transaction_lanes > 0 {
+                if spec.in_lanes() {
                     lane_ownership::warm_up(&spec.destination, &spec.group_id).await
                 } else {
                     Ok(())

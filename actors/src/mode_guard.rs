@@ -22,20 +22,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::client::client_config;
 use crate::error::ReplicationError;
-use crate::spec::{ClusterSpec, Delivery, FlowSpec};
+use crate::spec::{ClusterSpec, FlowSpec};
 
 /// How long describing a group may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether `spec` divides its partitions in lanes.
-pub fn in_lanes(spec: &FlowSpec) -> bool {
-    spec.delivery == Delivery::ExactlyOnce && spec.tuning.transaction_lanes > 0
-}
-
 /// `Err` naming the group and its members when instances of the flow that
 /// divide it the other way are running.
 pub async fn ensure_no_other_mode(spec: &FlowSpec) -> Result<(), ReplicationError> {
-    let (cluster, running) = if in_lanes(spec) {
+    let (cluster, running) = if spec.in_lanes() {
         (
             &spec.source,
             "without lanes (transaction_lanes = 0, or at-least-once)",

@@ -497,9 +497,10 @@ impl Source {
             opening: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_OPENS)),
             ending: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_COMMITS)),
             fill_budget: FillBudget::new(FillBudget::DEFAULT_BYTES, FillBudget::MIN_SHARE),
-            in_lanes: spec.tuning.transaction_lanes > 0,
+            in_lanes: spec.in_lanes(),
         });
-        let lanes = (spec.delivery == Delivery::ExactlyOnce && spec.tuning.transaction_lanes > 0)
+        let lanes = spec
+            .in_lanes()
             .then(|| LaneState::new(spec.tuning.transaction_lanes));
         let source = Self {
             spec,

@@ -326,6 +326,12 @@ impl FlowSpec {
     pub fn destination_topic(&self, source_topic: &str) -> String {
         self.rename.apply(source_topic, &self.source.alias)
     }
+
+    /// Whether the flow's partitions are divided in lanes (exactly-once
+    /// with `transaction_lanes`) rather than by the source's group.
+    pub fn in_lanes(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce && self.tuning.transaction_lanes > 0
+    }
 }
 
 #[cfg(test)]
