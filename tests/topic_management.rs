@@ -405,6 +405,82 @@ fn topics_prepared_together_each_get_their_own_outcome() {
 }
 
 #[test]
+fn a_topic_is_ready_only_once_the_destination_serves_all_its_partitions() {
+    // A broker answers CreateTopics before it serves the topic, and creating
+    // many topics at once puts it seconds behind: a copy started on the
+    // answer would wait in the producer (in exactly-once, holding back the
+    // whole transaction). Each topic is looked up the moment it is reported
+    // ready, from a client of its own.
+    let dst = small();
+    let prefix = unique_name("served");
+    let grown = format!("{prefix}.grown");
+    create_topic(dst, &grown, 1);
+    let cluster = ClusterSpec {
+        alias: "destination".into(),
+        properties: BTreeMap::from([("bootstrap.servers".to_string(), dst.to_string())]),
+    };
+    let admin = TopicAdmin::new(&cluster).expect("admin client");
+    let plan = |name: String| TopicPlan {
+        name,
+        partitions: 10,
+        replication_factor: 1,
+        configs: BTreeMap::new(),
+        unmanaged: BTreeSet::new(),
+    };
+    let mut plans: Vec<TopicPlan> = (0..40)
+        .map(|i| plan(format!("{prefix}.new{i:02}")))
+        .collect();
+    plans.push(plan(grown.clone()));
+
+    // Connected beforehand, so that a look takes one round trip.
+    let lookup: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", dst)
+        .create()
+        .expect("a metadata client");
+    let _ = lookup.fetch_metadata(None, REQUEST);
+    let served = |topic: &str| {
+        let metadata = lookup.fetch_metadata(Some(topic), REQUEST).ok()?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+        let led = t
+            .partitions()
+            .iter()
+            .filter(|p| p.error().is_none() && p.leader() >= 0);
+        Some(led.count())
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let seen = runtime.block_on(futures::future::join_all(plans.iter().map(|p| {
+        let (admin, served) = (&admin, &served);
+        async move {
+            let ensured = admin.ensure_topic(p, true, false).await;
+            // Blocking the runtime on purpose: nothing else moves meanwhile.
+            (ensured, served(&p.name))
+        }
+    })));
+
+    for (plan, (ensured, served)) in plans.iter().zip(&seen) {
+        let name = &plan.name;
+        let ensured = ensured
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name} should be ready: {e}"));
+        let layout = if *name == grown {
+            Layout::Grown { from: 1 }
+        } else {
+            Layout::Created
+        };
+        assert_eq!(ensured.layout, layout, "{name}");
+        assert_eq!(
+            *served,
+            Some(10),
+            "{name} was reported ready before the destination served its 10 partitions"
+        );
+    }
+}
+
+#[test]
 fn same_cluster_copy_renamed_with_source_alias_keeps_replication_factor_3_and_records() {
     // Source and destination are both the three-broker cluster: the copy of
     // `t` is `source.t` (`${source}` is the source cluster's alias).

@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,6 +205,14 @@ pub fn alter_request(
 /// Topics prepared at the same time: a flow finding a thousand topics at
 /// start-up asks the destination about a few at a time, not all at once.
 const CONCURRENT_TOPICS: usize = 8;
+/// Longest a topic just created or grown may take to be served (see
+/// [`TopicAdmin::await_served`]): librdkafka's own wait for a topic's
+/// metadata (`topic.metadata.propagation.max.ms`).
+const SERVED_WAIT_MAX: Duration = Duration::from_secs(30);
+/// First pause between two looks at a new topic's metadata; it doubles.
+const SERVED_POLL_FIRST: Duration = Duration::from_millis(10);
+/// Longest pause between two looks.
+const SERVED_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// Creates, grows and reconfigures destination topics. Shared by the flow.
 pub struct TopicAdmin {
@@ -217,6 +226,8 @@ pub struct TopicAdmin {
 /// brokers in the cluster.
 struct Layouts {
     partitions: Option<i32>,
+    /// The partitions without a leader.
+    leaderless: Vec<i32>,
     brokers: usize,
 }
 
@@ -251,12 +262,18 @@ impl TopicAdmin {
                 .map_err(|e| {
                     self.failure(topic, FailureKind::Unreachable, format!("metadata: {e}"))
                 })?;
-        let partitions = metadata.topics().first().and_then(|t| match t.error() {
-            None => Some(t.partitions().len() as i32),
-            Some(_) => None,
+        let topic = metadata.topics().first().filter(|t| t.error().is_none());
+        let partitions = topic.map(|t| t.partitions().len() as i32);
+        let leaderless = topic.map_or_else(Vec::new, |t| {
+            t.partitions()
+                .iter()
+                .filter(|p| p.error().is_some() || p.leader() < 0)
+                .map(|p| p.id())
+                .collect()
         });
         Ok(Layouts {
             partitions,
+            leaderless,
             brokers: metadata.brokers().len(),
         })
     }
@@ -288,10 +305,11 @@ impl TopicAdmin {
             }
             None => match self.create(plan, layout.brokers).await? {
                 true => {
+                    self.await_served(&plan.name, 0..plan.partitions).await?;
                     return Ok(Ensured {
                         layout: Layout::Created,
                         configs: ConfigOutcome::SetAtCreation,
-                    })
+                    });
                 }
                 // Created meanwhile by someone else (another instance of the
                 // flow): treat it as existing.
@@ -309,6 +327,7 @@ impl TopicAdmin {
         };
         let layout = if have < plan.partitions {
             self.grow(&plan.name, plan.partitions).await?;
+            self.await_served(&plan.name, have..plan.partitions).await?;
             Layout::Grown { from: have }
         } else if have > plan.partitions {
             Layout::HasMorePartitions { partitions: have }
@@ -317,6 +336,44 @@ impl TopicAdmin {
         };
         let configs = self.reconcile_configs(plan, sync).await;
         Ok(Ensured { layout, configs })
+    }
+
+    /// Waits until the destination's metadata shows `topic` with its
+    /// `partitions` just made, each with a leader.
+    ///
+    /// A broker answers CreateTopics (or CreatePartitions) once the
+    /// controller has the change, and serves the topic once it has applied
+    /// it, which on a broker creating many topics lags by seconds. Records
+    /// sent meanwhile wait in the producer for the topic's metadata (and
+    /// fail after `topic.metadata.propagation.max.ms`); in exactly-once, a
+    /// transaction holding one of them cannot commit, and holds back every
+    /// other partition in it. Waiting here, with the topic's turn held,
+    /// also keeps creation at the pace the broker applies it.
+    async fn await_served(&self, topic: &str, partitions: Range<i32>) -> Result<(), TopicFailure> {
+        let began = tokio::time::Instant::now();
+        let deadline = began + SERVED_WAIT_MAX;
+        let mut pause = SERVED_POLL_FIRST;
+        loop {
+            let layout = self.layout(topic).await?;
+            let served = layout.partitions >= Some(partitions.end)
+                && !layout.leaderless.iter().any(|p| partitions.contains(p));
+            if served {
+                tracing::debug!(cluster = %self.cluster, topic, seconds = began.elapsed().as_secs_f64(), "the destination serves the topic");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(self.failure(
+                    topic,
+                    FailureKind::Unreachable,
+                    format!(
+                        "partitions {partitions:?} were made but had no leader in the \
+                         destination's metadata after {SERVED_WAIT_MAX:?}"
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SERVED_POLL_MAX);
+        }
     }
 
     /// True when created, false when it already existed.
