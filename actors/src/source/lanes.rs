@@ -221,30 +221,35 @@ impl Handler<LanesAssigned> for Source {
             })
             .start();
             state.lanes.insert(lane, addr.clone());
-            opening.push(async move { (lane, addr.send(LaneOpened).await) });
+            opening.push((lane, addr));
         }
-        let opened = futures::future::join_all(opening);
-        ctx.spawn(opened.into_actor(self).map(|results, act, ctx| {
-            let flow = act.spec.name.clone();
-            let Some(state) = act.lanes.as_mut() else {
-                return;
-            };
-            for (lane, result) in results {
-                match result {
-                    // Unless it was taken away meanwhile.
-                    Ok(Ok(())) if state.lanes.contains_key(&lane) => {
-                        tracing::info!(flow, lane, "lane open");
-                        state.open.insert(lane);
+        // Each lane's partitions go as soon as it is open: one lane waiting
+        // for its transaction coordinator holds back only its own.
+        for (lane, addr) in opening {
+            let opened = addr.send(LaneOpened);
+            ctx.spawn(opened.into_actor(self).map(
+                move |result, act, ctx| {
+                    let flow = act.spec.name.clone();
+                    let Some(state) = act.lanes.as_mut() else {
+                        return;
+                    };
+                    match result {
+                        // Unless it was taken away meanwhile (and maybe
+                        // given back: then the newer actor says).
+                        Ok(Ok(())) if state.lanes.get(&lane) == Some(&addr) => {
+                            tracing::info!(flow, lane, "lane open");
+                            state.open.insert(lane);
+                            act.reassign(ctx);
+                        }
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::error!(flow, lane, error = %error, "lane did not open; its partitions are not copied here")
+                        }
+                        Err(_) => tracing::error!(flow, lane, "lane stopped while opening"),
                     }
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::error!(flow, lane, error = %error, "lane did not open; its partitions are not copied here")
-                    }
-                    Err(_) => tracing::error!(flow, lane, "lane stopped while opening"),
-                }
-            }
-            act.reassign(ctx);
-        }));
+                },
+            ));
+        }
     }
 }
 
