@@ -204,6 +204,15 @@ fn every_partition_has_records(bootstrap: &str, topic: &str, partitions: i32) ->
     })
 }
 
+/// Strait's own topic administration, for the cluster at `bootstrap`.
+fn topic_admin(bootstrap: &str) -> TopicAdmin {
+    let cluster = ClusterSpec {
+        alias: "destination".into(),
+        properties: BTreeMap::from([("bootstrap.servers".to_string(), bootstrap.to_string())]),
+    };
+    TopicAdmin::new(&cluster).expect("admin client")
+}
+
 fn topic_exists(bootstrap: &str, topic: &str) -> bool {
     replication_factors(bootstrap, topic).is_some()
 }
@@ -349,11 +358,7 @@ fn topics_prepared_together_each_get_their_own_outcome() {
     let prefix = unique_name("batch");
     let existing = format!("{prefix}.existing");
     create_topic(dst, &existing, 2);
-    let cluster = ClusterSpec {
-        alias: "destination".into(),
-        properties: BTreeMap::from([("bootstrap.servers".to_string(), dst.to_string())]),
-    };
-    let admin = TopicAdmin::new(&cluster).expect("admin client");
+    let admin = topic_admin(dst);
     let plan = |name: String, partitions: i32, replication_factor: i32| TopicPlan {
         name,
         partitions,
@@ -415,11 +420,7 @@ fn a_topic_is_ready_only_once_the_destination_serves_all_its_partitions() {
     let prefix = unique_name("served");
     let grown = format!("{prefix}.grown");
     create_topic(dst, &grown, 1);
-    let cluster = ClusterSpec {
-        alias: "destination".into(),
-        properties: BTreeMap::from([("bootstrap.servers".to_string(), dst.to_string())]),
-    };
-    let admin = TopicAdmin::new(&cluster).expect("admin client");
+    let admin = topic_admin(dst);
     let plan = |name: String| TopicPlan {
         name,
         partitions: 10,
