@@ -482,6 +482,79 @@ fn a_topic_is_ready_only_once_the_destination_serves_all_its_partitions() {
 }
 
 #[test]
+fn a_topic_two_instances_create_at_once_is_ready_for_both_once_served() {
+    // Instances of a flow started together all try to create each topic;
+    // the ones refused with "already exists" may not see it in the
+    // metadata yet. For them too it is ready, not failed, once served.
+    let dst = small();
+    let prefix = unique_name("race");
+    let (first, second) = (topic_admin(dst), topic_admin(dst));
+    let plans: Vec<TopicPlan> = (0..30)
+        .map(|i| TopicPlan {
+            name: format!("{prefix}.t{i:02}"),
+            partitions: 10,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            unmanaged: BTreeSet::new(),
+        })
+        .collect();
+    let lookup: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", dst)
+        .create()
+        .expect("a metadata client");
+    let _ = lookup.fetch_metadata(None, REQUEST);
+    let led = |topic: &str| {
+        let metadata = lookup.fetch_metadata(Some(topic), REQUEST).ok()?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+        Some(
+            t.partitions()
+                .iter()
+                .filter(|p| p.error().is_none() && p.leader() >= 0)
+                .count(),
+        )
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let both = [&first, &second];
+    let seen = runtime.block_on(futures::future::join_all(
+        plans
+            .iter()
+            .flat_map(|p| both.map(|admin| (admin, p)))
+            .map(|(admin, p)| {
+                let led = &led;
+                async move {
+                    let ensured = admin.ensure_topic(p, true, false).await;
+                    (p.name.clone(), ensured, led(&p.name))
+                }
+            }),
+    ));
+
+    let mut created = BTreeMap::<String, usize>::new();
+    for (name, ensured, served) in &seen {
+        let ensured = ensured
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name} should be ready for both instances: {e}"));
+        assert_eq!(
+            *served,
+            Some(10),
+            "{name} was reported ready before it was served"
+        );
+        *created.entry(name.clone()).or_default() += usize::from(ensured.layout == Layout::Created);
+    }
+    for plan in &plans {
+        assert_eq!(
+            created.get(&plan.name),
+            Some(&1),
+            "{}: one instance creates it",
+            plan.name
+        );
+    }
+}
+
+#[test]
 fn same_cluster_copy_renamed_with_source_alias_keeps_replication_factor_3_and_records() {
     // Source and destination are both the three-broker cluster: the copy of
     // `t` is `source.t` (`${source}` is the source cluster's alias).

@@ -214,6 +214,37 @@ const SERVED_POLL_FIRST: Duration = Duration::from_millis(10);
 /// Longest pause between two looks.
 const SERVED_POLL_MAX: Duration = Duration::from_millis(200);
 
+/// What [`TopicAdmin::await_served`] waits for.
+#[derive(Clone, Debug)]
+enum Served {
+    /// These partitions, just made here.
+    Partitions(Range<i32>),
+    /// The whole topic, made by someone else.
+    Whole,
+}
+
+impl Served {
+    /// True when a topic of `partitions` partitions, of which `leaderless`
+    /// have no leader, is served as wanted.
+    fn by(&self, partitions: i32, leaderless: &[i32]) -> bool {
+        match self {
+            Self::Partitions(wanted) => {
+                partitions >= wanted.end && !leaderless.iter().any(|p| wanted.contains(p))
+            }
+            Self::Whole => partitions > 0 && leaderless.is_empty(),
+        }
+    }
+}
+
+impl fmt::Display for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Partitions(wanted) => write!(f, "partitions {wanted:?}, just made,"),
+            Self::Whole => f.write_str("the topic, made by another client,"),
+        }
+    }
+}
+
 /// Creates, grows and reconfigures destination topics. Shared by the flow.
 pub struct TopicAdmin {
     cluster: String,
@@ -305,29 +336,24 @@ impl TopicAdmin {
             }
             None => match self.create(plan, layout.brokers).await? {
                 true => {
-                    self.await_served(&plan.name, 0..plan.partitions).await?;
+                    self.await_served(&plan.name, Served::Partitions(0..plan.partitions))
+                        .await?;
                     return Ok(Ensured {
                         layout: Layout::Created,
                         configs: ConfigOutcome::SetAtCreation,
                     });
                 }
                 // Created meanwhile by someone else (another instance of the
-                // flow): treat it as existing.
-                false => match self.layout(&plan.name).await?.partitions {
-                    Some(have) => have,
-                    None => {
-                        return Err(self.failure(
-                            &plan.name,
-                            FailureKind::Refused,
-                            "it was reported as existing but is not in the metadata yet",
-                        ))
-                    }
-                },
+                // flow starting at the same time): once served, as if it
+                // had existed. The broker that refused to create it again
+                // may not show it yet.
+                false => self.await_served(&plan.name, Served::Whole).await?,
             },
         };
         let layout = if have < plan.partitions {
             self.grow(&plan.name, plan.partitions).await?;
-            self.await_served(&plan.name, have..plan.partitions).await?;
+            self.await_served(&plan.name, Served::Partitions(have..plan.partitions))
+                .await?;
             Layout::Grown { from: have }
         } else if have > plan.partitions {
             Layout::HasMorePartitions { partitions: have }
@@ -338,8 +364,9 @@ impl TopicAdmin {
         Ok(Ensured { layout, configs })
     }
 
-    /// Waits until the destination's metadata shows `topic` with its
-    /// `partitions` just made, each with a leader.
+    /// Waits until the destination's metadata shows `topic` as `served`
+    /// says, each of those partitions with a leader; answers its partition
+    /// count.
     ///
     /// A broker answers CreateTopics (or CreatePartitions) once the
     /// controller has the change, and serves the topic once it has applied
@@ -349,25 +376,26 @@ impl TopicAdmin {
     /// transaction holding one of them cannot commit, and holds back every
     /// other partition in it. Waiting here, with the topic's turn held,
     /// also keeps creation at the pace the broker applies it.
-    async fn await_served(&self, topic: &str, partitions: Range<i32>) -> Result<(), TopicFailure> {
+    async fn await_served(&self, topic: &str, served: Served) -> Result<i32, TopicFailure> {
         let began = tokio::time::Instant::now();
         let deadline = began + SERVED_WAIT_MAX;
         let mut pause = SERVED_POLL_FIRST;
         loop {
             let layout = self.layout(topic).await?;
-            let served = layout.partitions >= Some(partitions.end)
-                && !layout.leaderless.iter().any(|p| partitions.contains(p));
-            if served {
+            if let Some(partitions) = layout
+                .partitions
+                .filter(|p| served.by(*p, &layout.leaderless))
+            {
                 tracing::debug!(cluster = %self.cluster, topic, seconds = began.elapsed().as_secs_f64(), "the destination serves the topic");
-                return Ok(());
+                return Ok(partitions);
             }
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(self.failure(
                     topic,
                     FailureKind::Unreachable,
                     format!(
-                        "partitions {partitions:?} were made but had no leader in the \
-                         destination's metadata after {SERVED_WAIT_MAX:?}"
+                        "{served} had no leader in the destination's metadata after \
+                         {SERVED_WAIT_MAX:?}"
                     ),
                 ));
             }
@@ -531,6 +559,25 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn new_partitions_are_served_once_each_has_a_leader_whatever_the_others() {
+        let grown = Served::Partitions(3..6);
+        assert!(grown.by(6, &[]));
+        assert!(
+            grown.by(6, &[0, 1]),
+            "an old partition without a leader is not waited for"
+        );
+        assert!(!grown.by(6, &[4]), "a new one is");
+        assert!(!grown.by(5, &[]), "all of them must show");
+        let whole = Served::Whole;
+        assert!(whole.by(10, &[]));
+        assert!(!whole.by(10, &[9]));
+        assert!(
+            !whole.by(0, &[]),
+            "a topic without partitions is not there yet"
+        );
     }
 
     #[test]
