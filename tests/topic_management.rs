@@ -213,6 +213,34 @@ fn topic_admin(bootstrap: &str) -> TopicAdmin {
     TopicAdmin::new(&cluster).expect("admin client")
 }
 
+/// Looks up how many of a topic's partitions have a leader, from a client
+/// connected beforehand, so that a look takes one round trip: for checking
+/// a topic the moment Strait reports it ready.
+struct LeaderLookup(BaseConsumer);
+
+impl LeaderLookup {
+    fn connected(bootstrap: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("a metadata client");
+        let _ = consumer.fetch_metadata(None, REQUEST);
+        Self(consumer)
+    }
+
+    /// Partitions of `topic` with a leader and no error; `None` when the
+    /// topic is not in the metadata.
+    fn led_partitions(&self, topic: &str) -> Option<usize> {
+        let metadata = self.0.fetch_metadata(Some(topic), REQUEST).ok()?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+        let led = t
+            .partitions()
+            .iter()
+            .filter(|p| p.error().is_none() && p.leader() >= 0);
+        Some(led.count())
+    }
+}
+
 fn topic_exists(bootstrap: &str, topic: &str) -> bool {
     replication_factors(bootstrap, topic).is_some()
 }
@@ -433,21 +461,8 @@ fn a_topic_is_ready_only_once_the_destination_serves_all_its_partitions() {
         .collect();
     plans.push(plan(grown.clone()));
 
-    // Connected beforehand, so that a look takes one round trip.
-    let lookup: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", dst)
-        .create()
-        .expect("a metadata client");
-    let _ = lookup.fetch_metadata(None, REQUEST);
-    let served = |topic: &str| {
-        let metadata = lookup.fetch_metadata(Some(topic), REQUEST).ok()?;
-        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
-        let led = t
-            .partitions()
-            .iter()
-            .filter(|p| p.error().is_none() && p.leader() >= 0);
-        Some(led.count())
-    };
+    let lookup = LeaderLookup::connected(dst);
+    let served = |topic: &str| lookup.led_partitions(topic);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -498,21 +513,8 @@ fn a_topic_two_instances_create_at_once_is_ready_for_both_once_served() {
             unmanaged: BTreeSet::new(),
         })
         .collect();
-    let lookup: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", dst)
-        .create()
-        .expect("a metadata client");
-    let _ = lookup.fetch_metadata(None, REQUEST);
-    let led = |topic: &str| {
-        let metadata = lookup.fetch_metadata(Some(topic), REQUEST).ok()?;
-        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
-        Some(
-            t.partitions()
-                .iter()
-                .filter(|p| p.error().is_none() && p.leader() >= 0)
-                .count(),
-        )
-    };
+    let lookup = LeaderLookup::connected(dst);
+    let led = |topic: &str| lookup.led_partitions(topic);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
