@@ -29,6 +29,7 @@ use crate::error::ReplicationError;
 use crate::lane;
 use crate::metrics::{self as names, labels};
 use crate::offset_store::{self, OffsetMapReader, StoredOffset};
+use crate::panic_guard::panic_message;
 use crate::progress::{BatchAck, Timing};
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
@@ -977,14 +978,6 @@ impl Reader {
             }
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// The parcel without its records before `next`; `None` if nothing is left.

@@ -25,7 +25,8 @@
 //! transactional producer for a share of the partitions, the lanes divided
 //! among instances by [`lane_ownership`] and the source assigned their
 //! partitions by hand (`source/lanes.rs`; docs/exactly-once.md, "Lanes").
-//! [`mode_guard`] keeps a flow from running both ways at once.
+//! [`mode_guard`] keeps a flow from running both ways at once, and
+//! [`panic_guard`] keeps a lane running through a panic of its own.
 //!
 //! Shared pieces: [`spec`] (a validated flow), [`batch`] (records in flight),
 //! [`progress`] (acknowledged offsets per partition), [`status`] (what the HTTP
@@ -46,6 +47,7 @@ pub mod lane_ownership;
 pub mod metrics;
 pub mod mode_guard;
 pub mod offset_store;
+pub mod panic_guard;
 pub mod progress;
 pub mod source;
 pub mod spec;
