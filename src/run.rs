@@ -133,7 +133,8 @@ fn summary(settings: &Settings, http: std::net::SocketAddr) -> String {
 
 /// Reads `STRAIT_FAULTS`, a test-only hook that makes failures happen on
 /// purpose: `copier_panic_at=TOPIC:PARTITION:OFFSET:TIMES` panics the copier
-/// of that partition when it reads that offset, the first TIMES times.
+/// of that partition when it reads that offset, the first TIMES times;
+/// `lane_panic_at=...` (same form) panics the exactly-once lane that writes it.
 fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
     let Ok(faults) = std::env::var("STRAIT_FAULTS") else {
         return Ok(());
@@ -143,7 +144,7 @@ fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
             .split_once('=')
             .with_context(|| format!("STRAIT_FAULTS: `{fault}` is not KIND=VALUE"))?;
         match kind {
-            "copier_panic_at" => {
+            "copier_panic_at" | "lane_panic_at" => {
                 let parts: Vec<&str> = value.rsplitn(4, ':').collect();
                 let parse = || -> Option<(String, i32, i64, u32)> {
                     match parts.as_slice() {
@@ -157,18 +158,25 @@ fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
                     }
                 };
                 let at = parse().with_context(|| {
-                    format!("STRAIT_FAULTS: copier_panic_at=`{value}` is not TOPIC:PARTITION:OFFSET:TIMES")
+                    format!("STRAIT_FAULTS: {kind}=`{value}` is not TOPIC:PARTITION:OFFSET:TIMES")
                 })?;
                 tracing::warn!(
                     ?at,
-                    "fault injection enabled: a copier will panic on purpose"
+                    fault = kind,
+                    "fault injection enabled: Strait will panic on purpose"
                 );
                 for flow in &mut settings.flows {
-                    flow.faults.copier_panic_at = Some(at.clone());
+                    if kind == "copier_panic_at" {
+                        flow.faults.copier_panic_at = Some(at.clone());
+                    } else {
+                        flow.faults.lane_panic_at = Some(at.clone());
+                    }
                 }
             }
             other => {
-                anyhow::bail!("STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at")
+                anyhow::bail!(
+                    "STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at, lane_panic_at"
+                )
             }
         }
     }

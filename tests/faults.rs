@@ -1,6 +1,7 @@
 //! Faults that must lose nothing, on real brokers: the destination or the
 //! source cluster stopped mid-stream, `kill -9` ten times in one stream, a
-//! copier that fails, a source unreachable at start-up, and (exactly-once) an
+//! copier that fails, an exactly-once lane that panics, a source unreachable
+//! at start-up, and (exactly-once) an
 //! instance killed while another shares its group, and an instance set to
 //! divide a flow the other way (in lanes, or not) started beside running ones.
 //!
@@ -782,6 +783,81 @@ fn copier_failing_max_consecutive_failures_times_is_marked_failed_others_finish(
 // ---------------------------------------------------------------------------
 // 5. The source unreachable at start-up
 // ---------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------
+// 4b. An exactly-once lane that panics
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exactly_once_lane_that_panics_twice_keeps_running_each_record_once() {
+    let _serial = serial();
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("lane-fault");
+    create_topic(src, &topic, PARTITIONS);
+    let per_partition: u64 = 5_000;
+    let records: Vec<Out> = (0..per_partition * PARTITIONS as u64)
+        .map(|id| {
+            let p = (id % PARTITIONS as u64) as i32;
+            Out::keyed(p, format!("k{id}"), id_payload(id, 100))
+        })
+        .collect();
+    produce(src, &topic, &records);
+
+    // Two lanes for four partitions: the lane that panics holds records of
+    // another partition too.
+    let (bad, offset, times) = (1, 2_500, 2);
+    let fault = format!("lane_panic_at={topic}:{bad}:{offset}:{times}");
+    let group = unique_name("strait.lane-fault");
+    let config = Config::new(src, dst, &[&topic], &group)
+        .delivery(Delivery::ExactlyOnce)
+        .flow_key("transaction_lanes", "2")
+        .flow_key("restart_backoff_initial", "\"200ms\"");
+    let mut strait = Strait::start_with_env("strait", &config, &[("STRAIT_FAULTS", &fault)]);
+
+    let source_records = read_topic(src, &topic, PARTITIONS);
+    wait_for_complete_copy(
+        &source_records,
+        dst,
+        &topic,
+        Delivery::ExactlyOnce,
+        CATCH_UP,
+        || {
+            strait.assert_running();
+            strait.status_summary()
+        },
+    );
+    assert_in_lanes(dst, &group, Some(2));
+
+    // The lane panicked as often as asked, said so, and went on.
+    let panics = strait
+        .metric("strait_lane_panics_total", &[])
+        .unwrap_or_else(|e| strait.fail(&e));
+    assert_eq!(
+        panics,
+        Some(times as f64),
+        "strait_lane_panics_total on /metrics"
+    );
+    let log = strait.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("strait_actors::lane: exactly-once lane panicked"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        times as usize,
+        "lane panics logged: {logged:#?}"
+    );
+    assert!(
+        logged.iter().all(|l| l.contains(&format!(
+            "injected failure in a lane at {topic}[{bad}] offset {offset}"
+        ))),
+        "each logged panic names the injected failure: {logged:#?}"
+    );
+    strait.assert_running();
+    strait.stop();
+    verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
+}
 
 #[test]
 fn unreachable_source_at_start_up_strait_retries_not_ready_then_replicates() {

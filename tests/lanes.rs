@@ -4,7 +4,9 @@
 //! every partition in it is caught up; a new owner of a lane
 //! fencing the old one; an aborted transaction failing its batches and
 //! refusing the rest of their epoch, and, with `on_error = "skip"`, the
-//! next attempt leaving out the record the destination refused. And the
+//! next attempt leaving out the record the destination refused; a lane
+//! that panics failing its partitions back to the offset map and going on
+//! at the same address. And the
 //! lane group (`strait_actors::lane_ownership`): instances divide a flow's
 //! lanes through a consumer group on the destination, and a leaving
 //! instance's lanes move to the others.
@@ -16,6 +18,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +28,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use strait_actors::batch::Batch;
+use strait_actors::copier::InjectedPanic;
 use strait_actors::destination::WriteBatch;
-use strait_actors::lane::{Lane, LaneOpened, LaneParts, StopLane};
+use strait_actors::lane::{Lane, LaneOpened, LanePanic, LaneParts, StopLane};
 use strait_actors::lane_ownership::{
     ensure_lanes_topic, LaneOwnership, LanesAssigned, LanesRevoked,
 };
@@ -66,6 +70,7 @@ fn parts(group_id: &str, interval: Duration, max_records: usize, on_error: OnErr
             ..Tuning::default()
         },
         on_error,
+        injected_panic: None,
     }
 }
 
@@ -578,6 +583,96 @@ fn an_aborted_transaction_fails_its_batches_and_the_retry_skips_the_refused_reco
         wait_for_map(&group, 2),
         BTreeMap::from([
             (("orders".to_string(), 0), 3),
+            (("orders".to_string(), 1), 2)
+        ])
+    );
+}
+
+#[test]
+fn a_lane_that_panics_fails_its_partitions_back_to_the_offset_map_and_keeps_running() {
+    let (_, dst) = shared_pair();
+    let topic = unique_name("lanes-panic");
+    create_topic(dst.bootstrap(), &topic, 2);
+    let group = unique_name("strait.lanes-panic");
+    System::new().block_on(async {
+        let mut parts = parts(&group, LONG, 10_000, OnError::Fail);
+        // Writing orders[1] offset 1 panics, once.
+        parts.injected_panic = Some(LanePanic {
+            topic: "orders".into(),
+            partition: 1,
+            at: InjectedPanic {
+                offset: 1,
+                remaining: Arc::new(AtomicU32::new(1)),
+            },
+        });
+        let lane = start_lane(parts).await;
+        let partitions: Vec<Partition> = (0..2)
+            .map(|p| Partition::new("orders", &topic, p))
+            .collect();
+        partitions[0]
+            .write(&lane, batch(0, &values(&["a"])))
+            .await
+            .expect("queued");
+        partitions[1]
+            .write(&lane, batch(0, &values(&["b"])))
+            .await
+            .expect("queued");
+        // The open transaction holds "a" and "b" when the lane panics.
+        let panicked = partitions[1]
+            .write(&lane, batch(1, &values(&["boom"])))
+            .await;
+        assert!(
+            matches!(&panicked, Err(e) if e.to_string().contains("panicked")),
+            "the batch whose write panicked is answered with an error: {panicked:?}"
+        );
+        assert!(lane.connected(), "the lane keeps its mailbox");
+        // Both partitions' copiers are told to copy again from the offset map.
+        for p in &partitions {
+            let failure = p
+                .progress
+                .failure()
+                .expect("the panic failed the partition's batches");
+            assert!(!failure.permanent, "a panic is retried: {failure:?}");
+            assert!(
+                failure.reason.contains("injected failure in a lane"),
+                "the failure names the panic: {failure:?}"
+            );
+        }
+        // A batch its copier sent before learning of it is refused.
+        let late = partitions[0]
+            .write(&lane, batch(1, &values(&["late"])))
+            .await;
+        assert!(
+            late.is_err(),
+            "a batch after a lost one must not be written"
+        );
+
+        // The copiers restart (a new epoch) from the last committed offset,
+        // none yet: the lane, with a new producer, takes them.
+        for p in &partitions {
+            p.progress.reset();
+        }
+        partitions[0]
+            .write_last(&lane, batch(0, &values(&["a", "late"])))
+            .await
+            .expect("queued after the panic");
+        partitions[1]
+            .write_last(&lane, batch(0, &values(&["b", "boom"])))
+            .await
+            .expect("queued after the panic");
+        for p in &partitions {
+            p.settled().await;
+            assert!(p.progress.failure().is_none(), "{:?}", p.progress.failure());
+            assert_eq!(p.progress.committable(), Some(2));
+        }
+        lane.send(StopLane).await.expect("the lane stops");
+    });
+    // The transaction the panic lost was aborted: each record once.
+    wait_for_values(&topic, &[&["a", "late"], &["b", "boom"]]);
+    assert_eq!(
+        wait_for_map(&group, 2),
+        BTreeMap::from([
+            (("orders".to_string(), 0), 2),
             (("orders".to_string(), 1), 2)
         ])
     );

@@ -26,6 +26,14 @@
 //! while a commit or an abort is under way; so does queueing a batch while
 //! the producer's queue is full, which is how a slow destination slows the
 //! copiers down.
+//!
+//! A lane outlives a panic of its own ([`crate::panic_guard`]): its
+//! handlers and timers run guarded, and a panic fails the latest batch of
+//! every partition it wrote (so their copiers restart from the offset map,
+//! as after an abort), drops the open transaction with its producer, and
+//! opens a new producer, whose `init_transactions` aborts what the old one
+//! left open. Copiers keep the lane's address: an actor that died would
+//! close its mailbox under all of them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +49,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 
 use crate::batch::RecordView;
 use crate::client::{client_config, log_client_error, log_client_event};
+use crate::copier::InjectedPanic;
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{self, owned_headers, send_waiting_with, WriteBatch};
 use crate::error::ReplicationError;
 use crate::metrics::{self as names, labels};
 use crate::offset_store::{self, StoredOffset, OFFSETS_TOPIC};
+use crate::panic_guard::{guard, guarded, Recover};
 use crate::progress::BatchAck;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::transactional::{
@@ -116,6 +126,39 @@ pub struct LaneParts {
     pub tuning: Tuning,
     /// What a record the destination refuses for good does.
     pub on_error: OnError,
+    /// A panic to inject while writing one source offset (tests only).
+    pub injected_panic: Option<LanePanic>,
+}
+
+/// A panic to inject while a lane writes one source record (tests only:
+/// `STRAIT_FAULTS=lane_panic_at=...`).
+#[derive(Clone, Debug)]
+pub struct LanePanic {
+    /// The record's source topic.
+    pub topic: String,
+    /// The record's source partition.
+    pub partition: i32,
+    /// Its offset, and how many more times it panics.
+    pub at: InjectedPanic,
+}
+
+impl LanePanic {
+    fn inject(&self, msg: &WriteBatch) {
+        let at = &self.at;
+        if *msg.source_topic == *self.topic
+            && msg.partition == self.partition
+            && msg.batch.contains_offset(at.offset)
+            && at
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!(
+                "injected failure in a lane at {}[{}] offset {}",
+                self.topic, self.partition, at.offset
+            );
+        }
+    }
 }
 
 /// What a queued record carries to its delivery report.
@@ -308,6 +351,9 @@ pub struct Lane {
     writing: bool,
     /// The interval ran out while a batch was being queued.
     due: bool,
+    /// The latest batch taken of each partition: what a panic fails, since
+    /// the transaction that held it may have been lost with the panic.
+    latest: HashMap<PartitionKey, (Arc<BatchAck>, i64)>,
 }
 
 impl Lane {
@@ -325,6 +371,7 @@ impl Lane {
             stopping: Arc::new(AtomicBool::new(false)),
             writing: false,
             due: false,
+            latest: HashMap::new(),
         }
     }
 
@@ -358,12 +405,13 @@ impl Lane {
                 delay = delay.saturating_mul(2).min(max);
             }
         };
-        ctx.wait(work.into_actor(self).map(|open, act, _| {
+        let opened = work.into_actor(self).map(|open, act, _| {
             if open.is_some() {
                 tracing::debug!(flow = %act.parts.flow, transactional_id = %act.transactional_id, "exactly-once lane open");
             }
             act.open = open;
-        }));
+        });
+        ctx.wait(guard(opened).map(|_, _, _| ()));
     }
 
     /// Why a batch cannot be written now, if it cannot.
@@ -429,7 +477,7 @@ impl Lane {
                 if act.writing {
                     act.due = true;
                 } else {
-                    act.end(End::Interval, ctx);
+                    guarded(act, ctx, |act, ctx| act.end(End::Interval, ctx));
                 }
             }
         });
@@ -453,7 +501,7 @@ impl Lane {
                 .as_ref()
                 .is_some_and(|t| t.id == id && t.batches.len() == batches);
             if unchanged && !act.writing {
-                act.end(End::CaughtUp, ctx);
+                guarded(act, ctx, |act, ctx| act.end(End::CaughtUp, ctx));
             }
         });
     }
@@ -468,7 +516,7 @@ impl Lane {
     /// Ends the open transaction, holding the actor until it has.
     fn end(&mut self, end: End, ctx: &mut Context<Self>) {
         if let Some(finishing) = self.finish(end) {
-            ctx.wait(finishing);
+            ctx.wait(guard(finishing).map(|_, _, _| ()));
         }
     }
 
@@ -853,25 +901,93 @@ impl Actor for Lane {
     }
 }
 
+impl Recover for Lane {
+    /// Fails the latest batch of every partition the lane wrote, with the
+    /// rest of their epochs (the panic may have lost the transaction that
+    /// held them, or the record of it), and starts afresh with a new
+    /// producer, which fences the old one and aborts what it left open.
+    fn recover(&mut self, message: String, ctx: &mut Context<Self>) {
+        metrics::counter!(names::LANE_PANICS, labels::FLOW => self.parts.flow.clone()).increment(1);
+        tracing::error!(flow = %self.parts.flow, transactional_id = %self.transactional_id, panic = %message, partitions = self.latest.len(), "exactly-once lane panicked; its partitions copy again from their last committed offsets, through a new producer");
+        let reason = format!("the exactly-once lane panicked: {message}");
+        for (partition, (ack, first_offset)) in self.latest.drain() {
+            let epoch = self.poisoned.entry(partition).or_default();
+            *epoch = (*epoch).max(ack.epoch());
+            ack.failed(first_offset, reason.clone(), false);
+        }
+        self.txn = None;
+        self.writing = false;
+        self.due = false;
+        self.open = None;
+        if !self.stopping.load(Ordering::SeqCst) && self.fenced.is_none() {
+            self.open_producer(ctx);
+        }
+    }
+}
+
+/// The answer to `msg` when writing it panicked (its copier was failed by
+/// [`Lane::recover`] already).
+fn panicked(msg: &WriteBatch) -> impl FnOnce() -> ReplicationError {
+    let (source_topic, partition, topic) = (
+        Arc::clone(&msg.source_topic),
+        msg.partition,
+        Arc::clone(&msg.topic),
+    );
+    let offset = msg.batch.first_offset().unwrap_or(-1);
+    move || ReplicationError::Produce {
+        topic: source_topic.to_string(),
+        partition,
+        offset,
+        destination_topic: topic.to_string(),
+        reason: "the exactly-once lane panicked while writing the batch".into(),
+    }
+}
+
 impl Handler<WriteBatch> for Lane {
     type Result = AtomicResponse<Self, Result<(), ReplicationError>>;
 
     #[allow(clippy::result_large_err)] // the message's result, as the destination's
     fn handle(&mut self, msg: WriteBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let panicked = panicked(&msg);
+        let answer = move |written: Option<Result<(), ReplicationError>>| {
+            written.unwrap_or_else(|| Err(panicked()))
+        };
+        match guarded(self, ctx, |act, ctx| act.queue_batch(msg, ctx)) {
+            Some(writing) => {
+                AtomicResponse::new(Box::pin(guard(writing).map(move |w, _, _| answer(w))))
+            }
+            None => AtomicResponse::new(Box::pin(fut::ready(answer(None)))),
+        }
+    }
+}
+
+impl Lane {
+    /// Queues `msg` in the open transaction (beginning one if needed), then
+    /// ends the transaction if it is full, due or caught up.
+    #[allow(clippy::result_large_err)] // the message's result, as the destination's
+    fn queue_batch(
+        &mut self,
+        msg: WriteBatch,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<(), ReplicationError>> {
         let partition: PartitionKey = (Arc::clone(&msg.source_topic), msg.partition);
         let refusal = self
             .refusal(&msg, &partition)
             .map(Err)
             .or_else(|| self.begin(ctx).err().map(Err));
         if let Some(refused) = refusal {
-            return AtomicResponse::new(Box::pin(fut::ready(refused)));
+            return Box::pin(fut::ready(refused));
         }
         let (Some(open), Some(txn)) = (&self.open, &self.txn) else {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(
+            return Box::pin(fut::ready(Err(
                 self.transaction_error("no transaction is open".into())
-            ))));
+            )));
         };
         let txn_id = txn.id;
+        if let Some(first_offset) = msg.batch.first_offset() {
+            self.latest
+                .insert(partition.clone(), (Arc::clone(&msg.ack), first_offset));
+        }
         let write = BatchWrite {
             producer: Arc::clone(&open.producer),
             index: txn.batches.len(),
@@ -881,51 +997,53 @@ impl Handler<WriteBatch> for Lane {
             source_cluster: self.parts.source_cluster.clone(),
         };
         self.writing = true;
+        let fault = self.parts.injected_panic.clone();
         let work = async move {
+            if let Some(fault) = fault {
+                fault.inject(&msg);
+            }
             let doomed = write.write(&msg).await;
             (msg, doomed)
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            move |(msg, doomed), act, ctx| {
-                let max_records = act.parts.tuning.transaction_max_records.max(1);
-                act.writing = false;
-                let Some(txn) = act.txn.as_mut().filter(|t| t.id == txn_id) else {
-                    return Err(act.transaction_error(
-                        "the transaction ended while a batch was written".into(),
-                    ));
-                };
-                if let (Some(first_offset), Some(next)) =
-                    (msg.batch.first_offset(), msg.batch.next_offset())
-                {
-                    txn.batches.push(Sent {
-                        ack: Arc::clone(&msg.ack),
-                        partition: partition.clone(),
-                        first_offset,
-                    });
-                    if msg.at_head {
-                        txn.behind.remove(&partition);
-                    } else {
-                        txn.behind.insert(partition.clone());
-                    }
-                    txn.ends.insert(partition, next);
-                    txn.records += msg.batch.len();
+        Box::pin(work.into_actor(self).map(move |(msg, doomed), act, ctx| {
+            let max_records = act.parts.tuning.transaction_max_records.max(1);
+            act.writing = false;
+            let Some(txn) = act.txn.as_mut().filter(|t| t.id == txn_id) else {
+                return Err(
+                    act.transaction_error("the transaction ended while a batch was written".into())
+                );
+            };
+            if let (Some(first_offset), Some(next)) =
+                (msg.batch.first_offset(), msg.batch.next_offset())
+            {
+                txn.batches.push(Sent {
+                    ack: Arc::clone(&msg.ack),
+                    partition: partition.clone(),
+                    first_offset,
+                });
+                if msg.at_head {
+                    txn.behind.remove(&partition);
+                } else {
+                    txn.behind.insert(partition.clone());
                 }
-                let full = txn.records >= max_records;
-                let caught_up = txn.behind.is_empty().then_some(txn.batches.len());
-                let due = std::mem::take(&mut act.due);
-                if doomed.is_some() {
-                    txn.doomed = doomed;
-                    act.end(End::Full, ctx);
-                } else if full {
-                    act.end(End::Full, ctx);
-                } else if due {
-                    act.end(End::Interval, ctx);
-                } else if let Some(batches) = caught_up {
-                    act.end_when_quiet(txn_id, batches, ctx);
-                }
-                Ok(())
-            },
-        )))
+                txn.ends.insert(partition, next);
+                txn.records += msg.batch.len();
+            }
+            let full = txn.records >= max_records;
+            let caught_up = txn.behind.is_empty().then_some(txn.batches.len());
+            let due = std::mem::take(&mut act.due);
+            if doomed.is_some() {
+                txn.doomed = doomed;
+                act.end(End::Full, ctx);
+            } else if full {
+                act.end(End::Full, ctx);
+            } else if due {
+                act.end(End::Interval, ctx);
+            } else if let Some(batches) = caught_up {
+                act.end_when_quiet(txn_id, batches, ctx);
+            }
+            Ok(())
+        }))
     }
 }
 
@@ -957,16 +1075,18 @@ pub struct StopLane;
 impl Handler<StopLane> for Lane {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: StopLane, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: StopLane, ctx: &mut Context<Self>) -> Self::Result {
         self.stopping.store(true, Ordering::SeqCst);
-        let finishing = self.finish(End::Stopping);
+        let finishing = guarded(self, ctx, |act, _| act.finish(End::Stopping)).flatten();
         let work = async {}.into_actor(self);
         let closed = move |_, act: &mut Self, ctx: &mut Context<Self>| {
             act.open = None;
             ctx.stop();
         };
         match finishing {
-            Some(finishing) => AtomicResponse::new(Box::pin(finishing.map(closed))),
+            Some(finishing) => {
+                AtomicResponse::new(Box::pin(guard(finishing).map(|_, _, _| ()).map(closed)))
+            }
             None => AtomicResponse::new(Box::pin(work.map(closed))),
         }
     }

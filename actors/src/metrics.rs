@@ -254,6 +254,11 @@ pub const TRANSACTIONS_COMMITTED: &str = "strait_transactions_committed_total";
 /// last committed offset). Labels: `flow`.
 pub const TRANSACTIONS_ABORTED: &str = "strait_transactions_aborted_total";
 
+/// Counter, panics: panics caught in an exactly-once lane. Each fails the
+/// lane's partitions back to their last committed offsets and opens a new
+/// producer; the lane keeps running. Labels: `flow`.
+pub const LANE_PANICS: &str = "strait_lane_panics_total";
+
 // --- topics --------------------------------------------------------------
 
 /// Gauge, topics: source topics the flow currently selects. Labels: `flow`.
@@ -344,6 +349,7 @@ pub const ALL: &[&str] = &[
     OFFSET_COMMIT_FAILURES,
     TRANSACTIONS_COMMITTED,
     TRANSACTIONS_ABORTED,
+    LANE_PANICS,
     TOPICS_SELECTED,
     TOPICS_CREATED,
     TOPIC_CREATION_RETRIES,
@@ -662,6 +668,11 @@ pub fn describe() {
         TRANSACTIONS_ABORTED,
         Unit::Count,
         "Exactly-once transactions aborted and copied again from the last committed offset."
+    );
+    describe_counter!(
+        LANE_PANICS,
+        Unit::Count,
+        "Panics caught in an exactly-once lane; its partitions copy again from their last committed offsets."
     );
     describe_gauge!(
         TOPICS_SELECTED,

@@ -39,6 +39,7 @@ use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
 use crate::dispatcher::{self, BatchBudget, Command, Inbox, Routed, Routes};
 use crate::error::ReplicationError;
+use crate::lane::LanePanic;
 use crate::metrics::{self as names, labels, PartitionMetrics};
 use crate::offset_store::OffsetMapReader;
 use crate::spec::{Delivery, FlowSpec, StartFrom};
@@ -398,6 +399,20 @@ fn start_at_timestamp<C: ConsumerContext>(
     }
 }
 
+/// The lane panic `STRAIT_FAULTS` asks for, if any: one for the flow, so
+/// its count holds across lanes and their re-openings.
+fn lane_panic(spec: &FlowSpec) -> Option<LanePanic> {
+    let (topic, partition, offset, times) = spec.faults.lane_panic_at.clone()?;
+    Some(LanePanic {
+        topic,
+        partition,
+        at: InjectedPanic {
+            offset,
+            remaining: Arc::new(AtomicU32::new(times)),
+        },
+    })
+}
+
 /// A running copier and what the supervisor keeps of it.
 struct CopierEntry {
     addr: Addr<Copier>,
@@ -501,7 +516,7 @@ impl Source {
         });
         let lanes = spec
             .in_lanes()
-            .then(|| LaneState::new(spec.tuning.transaction_lanes));
+            .then(|| LaneState::new(spec.tuning.transaction_lanes, lane_panic(&spec)));
         let source = Self {
             spec,
             flow,

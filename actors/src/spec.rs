@@ -280,6 +280,9 @@ pub struct Faults {
     /// Panic a copier when it reads this (source topic, partition, offset),
     /// the first `times` times it gets there.
     pub copier_panic_at: Option<(String, i32, i64, u32)>,
+    /// Panic an exactly-once lane when it writes this (source topic,
+    /// partition, offset), the first `times` times.
+    pub lane_panic_at: Option<(String, i32, i64, u32)>,
 }
 
 /// One replication flow: everything the actors need to run it.

@@ -198,6 +198,7 @@ fn partition_restarts(board: &StatusBoard, partition: i32) -> u64 {
 fn panicking_copier_is_restarted_and_resumes_from_its_last_acknowledged_offset() {
     let faults = Faults {
         copier_panic_at: Some(("events".into(), 0, 300, 1)),
+        ..Faults::default()
     };
     let (got, board) = replicate_with(faults, |_| {});
     let p0 = &got[&0];

@@ -22,7 +22,7 @@ use rdkafka::TopicPartitionList;
 
 use super::{Source, SourceConsumer};
 use crate::error::ReplicationError;
-use crate::lane::{lane_of, Lane, LaneOpened, LaneParts, StopLane};
+use crate::lane::{lane_of, Lane, LaneOpened, LanePanic, LaneParts, StopLane};
 use crate::lane_ownership::{LaneOwnership, LanesAssigned, LanesRevoked};
 
 /// A source partition, by topic name.
@@ -49,10 +49,12 @@ pub(super) struct LaneState {
     /// The latest change of the consumer's assignment (see
     /// [`LaneState::queue_change`]).
     changes: Option<Change>,
+    /// A panic to inject in the lane that writes one record (tests only).
+    injected_panic: Option<LanePanic>,
 }
 
 impl LaneState {
-    pub(super) fn new(count: u32) -> Self {
+    pub(super) fn new(count: u32, injected_panic: Option<LanePanic>) -> Self {
         Self {
             count,
             ownership: None,
@@ -61,6 +63,7 @@ impl LaneState {
             topics: BTreeMap::new(),
             assigned: BTreeSet::new(),
             changes: None,
+            injected_panic,
         }
     }
 
@@ -218,6 +221,7 @@ impl Handler<LanesAssigned> for Source {
                 lanes: state.count,
                 tuning: spec.tuning.clone(),
                 on_error: spec.on_error.clone(),
+                injected_panic: state.injected_panic.clone(),
             })
             .start();
             state.lanes.insert(lane, addr.clone());
@@ -296,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn assignment_changes_reach_the_consumer_in_the_order_they_were_decided() {
-        let mut state = LaneState::new(4);
+        let mut state = LaneState::new(4, None);
         let done = Arc::new(Mutex::new(Vec::new()));
         let first = {
             let done = Arc::clone(&done);
