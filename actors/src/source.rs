@@ -104,6 +104,13 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
         // low rates (p99 871 ms at 2,000 records/s); at 20 ms, p99 was 17
         // ms, for at most 50 empty fetches a second per broker when idle.
         ("fetch.wait.max.ms", "20".into()),
+        // And how little a fetch may return before that. At 1 byte (the
+        // default) every fetch came back at once with a record or two: at
+        // 2,000 records/s into 108 partitions, the consumer's broker thread
+        // took 31-33% of a core and the source broker 10-20% more. 16 KiB
+        // halved it, for up to 20 ms more at rates under 800 KB/s (p99 at
+        // 200 records/s of 10 KB: 14 ms against 10; BENCHMARKS.md).
+        ("fetch.min.bytes", "16384".into()),
         // Fresh high watermarks for lag.
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
