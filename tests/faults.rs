@@ -497,21 +497,28 @@ fn exactly_once_in_lanes_sigkill_ten_times_at_random_points_each_record_once() {
 // 4. A copier that fails
 // ---------------------------------------------------------------------------
 
-#[test]
-fn failing_copier_restarts_3_times_with_exponential_backoff_others_uninterrupted() {
-    let _serial = serial();
-    let (source, destination) = shared_pair();
-    let (src, dst) = (source.bootstrap(), destination.bootstrap());
-    let topic = unique_name("copier-fault");
-    create_topic(src, &topic, PARTITIONS);
-    let per_partition: u64 = 5_000;
+/// Creates `topic` with [`PARTITIONS`] partitions holding `per_partition`
+/// id records each: record `n` (payload id `n`, key `k<n>`, 100 bytes) in
+/// partition `n % PARTITIONS`.
+fn create_with_ids(src: &str, topic: &str, per_partition: u64) {
+    create_topic(src, topic, PARTITIONS);
     let records: Vec<Out> = (0..per_partition * PARTITIONS as u64)
         .map(|id| {
             let p = (id % PARTITIONS as u64) as i32;
             Out::keyed(p, format!("k{id}"), id_payload(id, 100))
         })
         .collect();
-    produce(src, &topic, &records);
+    produce(src, topic, &records);
+}
+
+#[test]
+fn failing_copier_restarts_3_times_with_exponential_backoff_others_uninterrupted() {
+    let _serial = serial();
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("copier-fault");
+    let per_partition: u64 = 5_000;
+    create_with_ids(src, &topic, per_partition);
 
     let (bad, offset, times) = (1, 2_500, 3);
     let fault = format!("copier_panic_at={topic}:{bad}:{offset}:{times}");
@@ -665,12 +672,8 @@ fn copier_failing_max_consecutive_failures_times_is_marked_failed_others_finish(
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("copier-gives-up");
-    create_topic(src, &topic, PARTITIONS);
     let per_partition: u64 = 2_000;
-    let records: Vec<Out> = (0..per_partition * PARTITIONS as u64)
-        .map(|id| Out::keyed((id % 4) as i32, format!("k{id}"), id_payload(id, 100)))
-        .collect();
-    produce(src, &topic, &records);
+    create_with_ids(src, &topic, per_partition);
 
     // Fails at every attempt; Strait gives up after the third in a row.
     let (bad, offset) = (2, 1_000);
@@ -794,15 +797,8 @@ fn exactly_once_lane_that_panics_twice_keeps_running_each_record_once() {
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("lane-fault");
-    create_topic(src, &topic, PARTITIONS);
     let per_partition: u64 = 5_000;
-    let records: Vec<Out> = (0..per_partition * PARTITIONS as u64)
-        .map(|id| {
-            let p = (id % PARTITIONS as u64) as i32;
-            Out::keyed(p, format!("k{id}"), id_payload(id, 100))
-        })
-        .collect();
-    produce(src, &topic, &records);
+    create_with_ids(src, &topic, per_partition);
 
     // Two lanes for four partitions: the lane that panics holds records of
     // another partition too.

@@ -73,6 +73,15 @@ pub struct InjectedPanic {
     pub remaining: Arc<AtomicU32>,
 }
 
+impl InjectedPanic {
+    /// Takes one of the remaining panics: true if there was one left.
+    pub fn take(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
 /// What an exactly-once copier needs besides the common parts.
 #[derive(Clone, Debug)]
 pub struct ExactlyOnce {
@@ -965,12 +974,7 @@ impl Reader {
 
     fn inject_panic_at(&self, offset: i64) {
         if let Some(fault) = &self.injected_panic {
-            if fault.offset == offset
-                && fault
-                    .remaining
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-            {
+            if fault.offset == offset && fault.take() {
                 panic!(
                     "injected failure at {}[{}] offset {}",
                     self.topic, self.partition, fault.offset

@@ -148,10 +148,7 @@ impl LanePanic {
         if *msg.source_topic == *self.topic
             && msg.partition == self.partition
             && msg.batch.contains_offset(at.offset)
-            && at
-                .remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            && at.take()
         {
             panic!(
                 "injected failure in a lane at {}[{}] offset {}",

@@ -3,7 +3,7 @@
 label=$1; extra=$2
 B=/work/main/target/release
 pkill -INT -f "strait run --config /tmp/exp/strait" ; sleep 3
-cp /tmp/exp/strait.toml /tmp/exp/strait-$label.toml
+cp ${BASE:-/tmp/exp/strait.toml} /tmp/exp/strait-$label.toml
 sed -i "s/group_id = \"exp-1\"/group_id = \"exp-$label-$RANDOM\"/" /tmp/exp/strait-$label.toml
 if [ -n "$extra" ]; then printf '\n[clusters.source.kafka]\n%s\n' "$extra" >> /tmp/exp/strait-$label.toml; fi
 # the [clusters.source.kafka] table must follow [clusters.source]: rewrite with python
@@ -19,7 +19,7 @@ PY
 ($B/strait run --config /tmp/exp/strait-$label.toml > /tmp/exp/strait-$label.log 2>&1 &)
 sleep 12
 P=$(pgrep -f "strait run --config /tmp/exp/strait-$label")
-($B/strait-bench latency --source 127.0.0.1:24900 --dest 127.0.0.1:27967 --topic bench.p100.lat --rate 2000 --seconds 40 --size 1024 > /tmp/exp/lat-$label.json 2>/tmp/exp/lat-$label.err &)
+($B/strait-bench latency --source 127.0.0.1:24900 --dest 127.0.0.1:27967 --topic ${LAT:-bench.p100.lat} --rate ${RATE:-2000} --seconds 40 --size ${SIZE:-1024} > /tmp/exp/lat-$label.json 2>/tmp/exp/lat-$label.err &)
 sleep 8
 read -r -a a < /proc/$P/stat; c1=$((a[13]+a[14]))
 jc1=0; for j in $(pgrep java); do read -r -a b < /proc/$j/stat; jc1=$((jc1+b[13]+b[14])); done
