@@ -134,7 +134,9 @@ fn summary(settings: &Settings, http: std::net::SocketAddr) -> String {
 /// Reads `STRAIT_FAULTS`, a test-only hook that makes failures happen on
 /// purpose: `copier_panic_at=TOPIC:PARTITION:OFFSET:TIMES` panics the copier
 /// of that partition when it reads that offset, the first TIMES times;
-/// `lane_panic_at=...` (same form) panics the exactly-once lane that writes it.
+/// `lane_panic_at=...` (same form) panics the exactly-once lane that writes it;
+/// `transaction_stall_at=TOPIC:PARTITION:OFFSET:MILLIS` has the exactly-once
+/// copier that writes that offset hold its open transaction MILLIS first, once.
 fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
     let Ok(faults) = std::env::var("STRAIT_FAULTS") else {
         return Ok(());
@@ -145,21 +147,7 @@ fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
             .with_context(|| format!("STRAIT_FAULTS: `{fault}` is not KIND=VALUE"))?;
         match kind {
             "copier_panic_at" | "lane_panic_at" => {
-                let parts: Vec<&str> = value.rsplitn(4, ':').collect();
-                let parse = || -> Option<(String, i32, i64, u32)> {
-                    match parts.as_slice() {
-                        [times, offset, partition, topic] => Some((
-                            (*topic).to_string(),
-                            partition.parse().ok()?,
-                            offset.parse().ok()?,
-                            times.parse().ok()?,
-                        )),
-                        _ => None,
-                    }
-                };
-                let at = parse().with_context(|| {
-                    format!("STRAIT_FAULTS: {kind}=`{value}` is not TOPIC:PARTITION:OFFSET:TIMES")
-                })?;
+                let at = at_offset(kind, value, "TIMES")?;
                 tracing::warn!(
                     ?at,
                     fault = kind,
@@ -173,12 +161,50 @@ fn apply_fault_injection(settings: &mut Settings) -> anyhow::Result<()> {
                     }
                 }
             }
+            "transaction_stall_at" => {
+                let (topic, partition, offset, millis) = at_offset(kind, value, "MILLIS")?;
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    millis,
+                    fault = kind,
+                    "fault injection enabled: Strait will hold a transaction open on purpose"
+                );
+                for flow in &mut settings.flows {
+                    flow.faults.transaction_stall_at = Some((
+                        topic.clone(),
+                        partition,
+                        offset,
+                        Duration::from_millis(millis.into()),
+                    ));
+                }
+            }
             other => {
                 anyhow::bail!(
-                    "STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at, lane_panic_at"
+                    "STRAIT_FAULTS: unknown fault `{other}`; known: copier_panic_at, lane_panic_at, transaction_stall_at"
                 )
             }
         }
     }
     Ok(())
+}
+
+/// A fault's `TOPIC:PARTITION:OFFSET:<last>` (the topic may hold colons).
+fn at_offset(kind: &str, value: &str, last: &str) -> anyhow::Result<(String, i32, i64, u32)> {
+    let parts: Vec<&str> = value.rsplitn(4, ':').collect();
+    let parse = || -> Option<(String, i32, i64, u32)> {
+        match parts.as_slice() {
+            [n, offset, partition, topic] => Some((
+                (*topic).to_string(),
+                partition.parse().ok()?,
+                offset.parse().ok()?,
+                n.parse().ok()?,
+            )),
+            _ => None,
+        }
+    };
+    parse().with_context(|| {
+        format!("STRAIT_FAULTS: {kind}=`{value}` is not TOPIC:PARTITION:OFFSET:{last}")
+    })
 }

@@ -1,7 +1,8 @@
 //! Faults that must lose nothing, on real brokers: the destination or the
 //! source cluster stopped mid-stream, `kill -9` ten times in one stream, a
-//! copier that fails, an exactly-once lane that panics, a source unreachable
-//! at start-up, and (exactly-once) an
+//! copier that fails, an exactly-once lane that panics, an exactly-once
+//! transaction the destination aborts for outliving its timeout, a source
+//! unreachable at start-up, and (exactly-once) an
 //! instance killed while another shares its group, and an instance set to
 //! divide a flow the other way (in lanes, or not) started beside running ones.
 //!
@@ -849,6 +850,73 @@ fn exactly_once_lane_that_panics_twice_keeps_running_each_record_once() {
             "injected failure in a lane at {topic}[{bad}] offset {offset}"
         ))),
         "each logged panic names the injected failure: {logged:#?}"
+    );
+    strait.assert_running();
+    strait.stop();
+    verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
+}
+
+// ---------------------------------------------------------------------------
+// 4c. An exactly-once transaction the destination aborts for its age
+// ---------------------------------------------------------------------------
+
+/// A partition's producer stalls with a transaction open (as one did behind
+/// a destination outage) past the destination's `transaction.timeout.ms`:
+/// the coordinator aborts the transaction and fences the producer. The
+/// partition is still this instance's, so it copies again through a new
+/// producer, instead of stopping as for a newer owner.
+#[test]
+fn exactly_once_transaction_outliving_its_timeout_copies_again_each_record_once() {
+    let _serial = serial();
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("eos-timed-out");
+    let per_partition: u64 = 2_000;
+    create_with_ids(src, &topic, per_partition);
+
+    // 3 s of timeout; the coordinator checks every 10 s by default.
+    let (bad, offset, stall_ms) = (1, 1_000, 16_000);
+    let fault = format!("transaction_stall_at={topic}:{bad}:{offset}:{stall_ms}");
+    // The copier waits the source group's session timeout (and 5 s) before
+    // its new producer: 6 s here, instead of 10.
+    let config = fast_session(Config::new(
+        src,
+        dst,
+        &[&topic],
+        &unique_name("strait.eos-timed-out"),
+    ))
+    .delivery(Delivery::ExactlyOnce)
+    .kafka("destination", "transaction.timeout.ms", "3000")
+    .flow_key("restart_backoff_initial", "\"200ms\"");
+    let mut strait = Strait::start_with_env("strait", &config, &[("STRAIT_FAULTS", &fault)]);
+
+    let source_records = read_topic(src, &topic, PARTITIONS);
+    wait_for_complete_copy(
+        &source_records,
+        dst,
+        &topic,
+        Delivery::ExactlyOnce,
+        CATCH_UP,
+        || {
+            strait.assert_running();
+            strait.status_summary()
+        },
+    );
+    let log = strait.log();
+    let timed_out: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the destination aborted a transaction open for"))
+        .collect();
+    assert!(
+        timed_out
+            .iter()
+            .any(|l| l.contains(&format!("{topic}[{bad}]"))),
+        "the stalled partition's transaction timed out and said so: {timed_out:#?}"
+    );
+    assert!(
+        !log.contains("partition stopped"),
+        "no partition stopped: {}",
+        strait.log_tail(40)
     );
     strait.assert_running();
     strait.stop();

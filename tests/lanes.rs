@@ -6,7 +6,8 @@
 //! refusing the rest of their epoch, and, with `on_error = "skip"`, the
 //! next attempt leaving out the record the destination refused; a lane
 //! that panics failing its partitions back to the offset map and going on
-//! at the same address. And the
+//! at the same address; a lane whose transaction outlived the coordinator's
+//! timeout (which fences its producer) opening again. And the
 //! lane group (`strait_actors::lane_ownership`): instances divide a flow's
 //! lanes through a consumer group on the destination, and a leaving
 //! instance's lanes move to the others.
@@ -28,7 +29,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use strait_actors::batch::Batch;
-use strait_actors::copier::InjectedPanic;
+use strait_actors::copier::InjectedAt;
 use strait_actors::destination::WriteBatch;
 use strait_actors::lane::{Lane, LaneOpened, LanePanic, LaneParts, StopLane};
 use strait_actors::lane_ownership::{
@@ -600,7 +601,7 @@ fn a_lane_that_panics_fails_its_partitions_back_to_the_offset_map_and_keeps_runn
         parts.injected_panic = Some(LanePanic {
             topic: "orders".into(),
             partition: 1,
-            at: InjectedPanic {
+            at: InjectedAt {
                 offset: 1,
                 remaining: Arc::new(AtomicU32::new(1)),
             },
@@ -675,6 +676,88 @@ fn a_lane_that_panics_fails_its_partitions_back_to_the_offset_map_and_keeps_runn
             (("orders".to_string(), 0), 2),
             (("orders".to_string(), 1), 2)
         ])
+    );
+}
+
+#[test]
+fn a_lane_whose_transaction_outlives_its_timeout_opens_again_and_its_partitions_copy_again() {
+    let (_, dst) = shared_pair();
+    let topic = unique_name("lanes-timed-out");
+    create_topic(dst.bootstrap(), &topic, 1);
+    let group = unique_name("strait.lanes-timed-out");
+    let mut parts = parts(&group, LONG, 2, OnError::Fail);
+    let timeout = Duration::from_secs(2);
+    parts.destination.properties.insert(
+        "transaction.timeout.ms".into(),
+        timeout.as_millis().to_string(),
+    );
+    // The lane waits this (and 5 s) before its new producer: an instance
+    // that stalled may have lost the lane meanwhile, and would know by then.
+    parts
+        .destination
+        .properties
+        .insert("session.timeout.ms".into(), "1000".into());
+    System::new().block_on(async {
+        let lane = start_lane(parts).await;
+        let partition = Partition::new("orders", &topic, 0);
+        partition
+            .write(&lane, batch(0, &values(&["lost-1"])))
+            .await
+            .expect("queued");
+        // The coordinator aborts a transaction past its timeout at its next
+        // check (every 10 s by default), which also fences the producer:
+        // a stall, as behind a destination outage.
+        tokio::time::sleep(timeout + Duration::from_secs(12)).await;
+        partition
+            .write(&lane, batch(1, &values(&["lost-2"])))
+            .await
+            .expect("queued");
+        partition.settled().await;
+        let failure = partition
+            .progress
+            .failure()
+            .expect("the timed-out transaction failed its batches");
+        assert!(
+            !failure.permanent,
+            "the lane is still this instance's: copied again, not stopped: {failure:?}"
+        );
+        assert!(
+            failure.reason.contains("transaction.timeout.ms"),
+            "the failure says the transaction timed out: {failure:?}"
+        );
+        assert!(lane.connected(), "the lane keeps running");
+        let deadline = Instant::now() + WAIT;
+        while lane
+            .send(LaneOpened)
+            .await
+            .expect("the lane is running")
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the lane did not open again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // The copier restarts (a new epoch) from the offset map, empty yet:
+        // the lane takes the partition again through a new producer.
+        partition.progress.reset();
+        partition
+            .write(&lane, batch(0, &values(&["again-1", "again-2"])))
+            .await
+            .expect("queued after the timeout");
+        partition.settled().await;
+        assert!(
+            partition.progress.failure().is_none(),
+            "{:?}",
+            partition.progress.failure()
+        );
+        assert_eq!(partition.progress.committable(), Some(2));
+        lane.send(StopLane).await.expect("the lane stops");
+    });
+    // The timed-out transaction was aborted: its records are never seen.
+    wait_for_values(&topic, &[&["again-1", "again-2"]]);
+    assert_eq!(
+        wait_for_map(&group, 1),
+        BTreeMap::from([(("orders".to_string(), 0), 2)])
     );
 }
 

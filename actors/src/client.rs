@@ -6,8 +6,25 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 
+use std::time::Duration;
+
 use crate::error::ReplicationError;
 use crate::spec::ClusterSpec;
+
+/// The `session.timeout.ms` Strait gives its consumer groups (the source
+/// group, and the lane group on the destination) unless the cluster's
+/// `kafka` settings set one: a crashed instance's partitions move after
+/// this long, and short, since Strait has no GC pauses to ride out.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `session.timeout.ms` of Strait's consumer groups on `cluster`.
+pub fn session_timeout(cluster: &ClusterSpec) -> Duration {
+    cluster
+        .properties
+        .get("session.timeout.ms")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_SESSION_TIMEOUT, Duration::from_millis)
+}
 
 /// A client config for `cluster`: `defaults` first, then the user's
 /// properties (which may override any default), then `forced`, which the

@@ -33,7 +33,9 @@ use crate::panic_guard::panic_message;
 use crate::progress::{BatchAck, Timing};
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::status::{PartitionState, PartitionStatus};
-use crate::transactional::{CommitError, Fill, FillBudget, TransactionalWriter};
+use crate::transactional::{
+    fenced_or_timed_out, CommitError, Fill, FillBudget, TransactionalWriter,
+};
 
 /// How often a copier with nothing to copy checks whether it should stop.
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
@@ -66,15 +68,27 @@ impl TransactionEnd {
 
 /// A failure to inject at one offset, a limited number of times (tests only).
 #[derive(Clone, Debug)]
-pub struct InjectedPanic {
-    /// The source offset whose reading panics.
+pub struct InjectedAt {
+    /// The source offset where it happens.
     pub offset: i64,
-    /// How many more times it panics; shared across restarts.
+    /// How many more times it happens; shared across restarts.
     pub remaining: Arc<AtomicU32>,
 }
 
-impl InjectedPanic {
-    /// Takes one of the remaining panics: true if there was one left.
+/// The failures injected into one copier (tests only), kept across its
+/// restarts.
+#[derive(Clone, Debug, Default)]
+pub struct CopierFaults {
+    /// Panic when reading the offset.
+    pub panic: Option<InjectedAt>,
+    /// Exactly-once with a producer per partition: before writing the
+    /// offset, hold the open transaction this long (as a producer stalled
+    /// behind a destination outage does).
+    pub stall: Option<(InjectedAt, Duration)>,
+}
+
+impl InjectedAt {
+    /// Takes one of the remaining failures: true if there was one left.
     pub fn take(&self) -> bool {
         self.remaining
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -107,6 +121,9 @@ pub struct ExactlyOnce {
     pub ending: Arc<tokio::sync::Semaphore>,
     /// The bytes the flow's transactional producers may hold unsent.
     pub fill_budget: Arc<FillBudget>,
+    /// How long a copier whose transaction the coordinator timed out waits
+    /// before it opens a new producer (see [`crate::transactional::reopen_delay`]).
+    pub reopen_delay: Duration,
     /// The flow writes through lanes ([`crate::lane`]): the copier sends
     /// its batches to its partition's lane, which owns the transactions.
     pub in_lanes: bool,
@@ -132,13 +149,15 @@ pub struct Copier {
     tuning: Tuning,
     on_error: OnError,
     exactly_once: Option<ExactlyOnce>,
-    injected_panic: Option<InjectedPanic>,
+    faults: CopierFaults,
     /// Set to ask the reading loop to finish its current batch and stop.
     stop: Arc<AtomicBool>,
     /// True while the reading loop runs.
     running: Arc<AtomicBool>,
     /// Failures since the partition last made progress.
     failures_in_row: u32,
+    /// The least delay before the next start, whatever the backoff.
+    hold_off: Duration,
     /// After a batch was refused as too large: send records before this
     /// offset one at a time.
     isolate_until: Option<i64>,
@@ -174,7 +193,7 @@ pub struct CopierParts {
     /// Set for exactly-once flows.
     pub exactly_once: Option<ExactlyOnce>,
     /// Test-only failure injection.
-    pub injected_panic: Option<InjectedPanic>,
+    pub faults: CopierFaults,
 }
 
 impl Copier {
@@ -191,10 +210,11 @@ impl Copier {
             tuning: parts.tuning,
             on_error: parts.on_error,
             exactly_once: parts.exactly_once,
-            injected_panic: parts.injected_panic,
+            faults: parts.faults,
             stop: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
             failures_in_row: 0,
+            hold_off: Duration::ZERO,
             isolate_until: None,
             read_to: Arc::new(AtomicI64::new(-1)),
             read_to_at_last_failure: i64::MIN,
@@ -205,13 +225,14 @@ impl Copier {
     /// The delay before the next start: none at first, then doubling.
     fn backoff(&self) -> Duration {
         if self.failures_in_row == 0 {
-            return Duration::ZERO;
+            return self.hold_off;
         }
         let factor = 2u32.saturating_pow(self.failures_in_row.saturating_sub(1).min(20));
         self.tuning
             .restart_backoff_initial
             .saturating_mul(factor)
             .min(self.tuning.restart_backoff_max)
+            .max(self.hold_off)
     }
 
     fn start_reading(&mut self, ctx: &mut Context<Self>) {
@@ -224,7 +245,7 @@ impl Copier {
             status: Arc::clone(&self.status),
             tuning: self.tuning.clone(),
             on_error: self.on_error.clone(),
-            injected_panic: self.injected_panic.clone(),
+            faults: self.faults.clone(),
             stop: Arc::clone(&self.stop),
             isolate_until: self.isolate_until,
             read_to: Arc::clone(&self.read_to),
@@ -285,6 +306,10 @@ impl Copier {
         if let Some(m) = self.status.progress.metrics() {
             m.restarted();
         }
+        self.hold_off = match (&error, &self.exactly_once) {
+            (ReplicationError::TransactionTimedOut { .. }, Some(eos)) => eos.reopen_delay,
+            _ => Duration::ZERO,
+        };
         let limit = self.tuning.max_consecutive_failures;
         let give_up = error.is_permanent() || (limit > 0 && self.failures_in_row >= limit);
         if give_up {
@@ -402,7 +427,7 @@ struct Reader {
     status: Arc<PartitionStatus>,
     tuning: Tuning,
     on_error: OnError,
-    injected_panic: Option<InjectedPanic>,
+    faults: CopierFaults,
     stop: Arc<AtomicBool>,
     /// Records before this offset are sent one at a time.
     isolate_until: Option<i64>,
@@ -663,6 +688,7 @@ impl Reader {
                 self.note_gap(expected, first_offset);
             }
             writer.begin()?;
+            let began = Instant::now();
             let timing = Timing {
                 read_at: parcel.read_at,
                 first_timestamp: parcel.batch.first_timestamp(),
@@ -685,6 +711,7 @@ impl Reader {
                 }
                 for record in parcel.batch.iter() {
                     self.inject_panic_at(record.offset);
+                    self.inject_stall_at(record.offset).await;
                     // One produce request's worth at a time, within the writer's
                     // share of the flow's budget (see `transactional`).
                     if !writer.fits(&record) {
@@ -802,11 +829,18 @@ impl Reader {
                     next = Some(back);
                 }
                 Err(CommitError::Fenced(reason)) => {
-                    return Err(ReplicationError::Fenced {
-                        topic: self.topic.to_string(),
-                        partition: self.partition,
+                    let error = fenced_or_timed_out(
+                        &self.topic,
+                        self.partition,
+                        began.elapsed(),
+                        writer.coordinator_timeout(),
                         reason,
-                    })
+                    );
+                    if matches!(error, ReplicationError::TransactionTimedOut { .. }) {
+                        // By the coordinator.
+                        metrics::counter!(names::TRANSACTIONS_ABORTED, labels::FLOW => eos.flow.clone()).increment(1);
+                    }
+                    return Err(error);
                 }
                 Err(CommitError::Fatal(reason)) => {
                     return Err(ReplicationError::Transaction {
@@ -965,7 +999,7 @@ impl Reader {
     }
 
     fn inject_panic(&self, batch: &Batch) {
-        if let Some(fault) = &self.injected_panic {
+        if let Some(fault) = &self.faults.panic {
             if batch.contains_offset(fault.offset) {
                 self.inject_panic_at(fault.offset);
             }
@@ -973,12 +1007,21 @@ impl Reader {
     }
 
     fn inject_panic_at(&self, offset: i64) {
-        if let Some(fault) = &self.injected_panic {
+        if let Some(fault) = &self.faults.panic {
             if fault.offset == offset && fault.take() {
                 panic!(
                     "injected failure at {}[{}] offset {}",
                     self.topic, self.partition, fault.offset
                 );
+            }
+        }
+    }
+
+    async fn inject_stall_at(&self, offset: i64) {
+        if let Some((fault, stall)) = &self.faults.stall {
+            if fault.offset == offset && fault.take() {
+                tracing::warn!(flow = %self.flow, topic = %self.topic, partition = self.partition, offset, ?stall, "injected stall: holding the open transaction");
+                tokio::time::sleep(*stall).await;
             }
         }
     }

@@ -123,6 +123,20 @@ pub enum ReplicationError {
         partition: i32,
         reason: String,
     },
+    /// The destination's transaction coordinator aborted a transaction that
+    /// stayed open longer than the producer's `transaction.timeout.ms`, which
+    /// fences the producer that held it: this instance's own producer, not a
+    /// newer owner's (no transaction of Strait's lives that long unless its
+    /// producer stalled, as behind a destination outage). A new producer
+    /// takes over.
+    #[error("{topic}[{partition}]: the destination aborted a transaction open for {}s, longer than its transaction.timeout.ms ({}s), which fenced the producer; copying again with a new one: {reason}", .open_for.as_secs(), .timeout.as_secs())]
+    TransactionTimedOut {
+        topic: String,
+        partition: i32,
+        open_for: std::time::Duration,
+        timeout: std::time::Duration,
+        reason: String,
+    },
     /// A copier panicked; turned into an error so that it is restarted.
     #[error("copier for {topic}[{partition}] panicked: {message}")]
     CopierPanicked {

@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
@@ -49,7 +49,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 
 use crate::batch::RecordView;
 use crate::client::{client_config, log_client_error, log_client_event};
-use crate::copier::InjectedPanic;
+use crate::copier::InjectedAt;
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{self, owned_headers, send_waiting_with, WriteBatch};
 use crate::error::ReplicationError;
@@ -59,7 +59,8 @@ use crate::panic_guard::{guard, guarded, Recover};
 use crate::progress::BatchAck;
 use crate::spec::{ClusterSpec, OnError, Tuning};
 use crate::transactional::{
-    self, blocking, commit_transaction, is_fencing, transactional_settings, Fill, TxnError,
+    self, blocking, commit_transaction, coordinator_timeout, is_fencing, reopen_delay,
+    transactional_settings, Fill, TxnError, DEFAULT_COORDINATOR_TIMEOUT,
 };
 
 /// How long one transaction call may block.
@@ -139,7 +140,7 @@ pub struct LanePanic {
     /// The record's source partition.
     pub partition: i32,
     /// Its offset, and how many more times it panics.
-    pub at: InjectedPanic,
+    pub at: InjectedAt,
 }
 
 impl LanePanic {
@@ -285,6 +286,9 @@ struct Transaction {
     behind: HashSet<PartitionKey>,
     /// Why it cannot commit, when a record was refused before it was queued.
     doomed: Option<String>,
+    /// When it began: one open longer than the producer's
+    /// `transaction.timeout.ms` may be aborted by the coordinator.
+    began: Instant,
 }
 
 /// Why a lane ended a transaction: the `reason` label of
@@ -339,6 +343,8 @@ pub struct Lane {
     refused: HashMap<PartitionKey, BTreeMap<i64, String>>,
     /// Set once a newer owner fenced the lane: it writes nothing more.
     fenced: Option<String>,
+    /// The producer's `transaction.timeout.ms`.
+    coordinator_timeout: Duration,
     /// Ends the retries of an open that keeps failing.
     stopping: Arc<AtomicBool>,
     /// A batch is being queued. actix may run one timer between a handler
@@ -358,6 +364,7 @@ impl Lane {
     pub fn new(parts: LaneParts) -> Self {
         Self {
             transactional_id: transactional_id(&parts.group_id, parts.lane),
+            coordinator_timeout: coordinator_timeout(&parts.destination),
             parts,
             open: None,
             txn: None,
@@ -468,6 +475,7 @@ impl Lane {
             ends: BTreeMap::new(),
             behind: HashSet::new(),
             doomed: None,
+            began: Instant::now(),
         });
         ctx.run_later(self.parts.tuning.transaction_interval, move |act, ctx| {
             if act.txn.as_ref().is_some_and(|t| t.id == id) {
@@ -583,6 +591,35 @@ impl Lane {
                     self.open_producer(ctx);
                 }
             }
+            Ended::Fenced(reason)
+                if txn.began.elapsed() >= self.coordinator_timeout
+                    && !self.stopping.load(Ordering::SeqCst) =>
+            {
+                // The coordinator's own abort of a transaction that outlived
+                // `transaction.timeout.ms`: the lane is still this
+                // instance's (see `transactional::fenced_or_timed_out`).
+                metrics::counter!(names::TRANSACTIONS_ABORTED, labels::FLOW => flow.clone())
+                    .increment(1);
+                let open_for = txn.began.elapsed().as_secs();
+                let timeout = self.coordinator_timeout.as_secs();
+                tracing::warn!(flow, transactional_id = %self.transactional_id, open_for_seconds = open_for, reason, "the destination aborted the lane's transaction, open longer than its transaction.timeout.ms ({timeout}s), which fenced the producer; its partitions copy again from their last committed offsets, through a new producer");
+                self.fail_all(
+                    &txn,
+                    &format!("the destination aborted a transaction open for {open_for}s, longer than its transaction.timeout.ms ({timeout}s): {reason}"),
+                    false,
+                );
+                self.open = None;
+                // Not holding the lane meanwhile: a revocation (StopLane)
+                // must get through and cancel the new producer.
+                ctx.run_later(reopen_delay(&self.parts.destination), |act, ctx| {
+                    if act.open.is_none()
+                        && act.fenced.is_none()
+                        && !act.stopping.load(Ordering::SeqCst)
+                    {
+                        act.open_producer(ctx);
+                    }
+                });
+            }
             Ended::Fenced(reason) => {
                 tracing::error!(flow, transactional_id = %self.transactional_id, reason, "exactly-once lane fenced: another instance owns it now; it writes nothing more");
                 self.fail_all(&txn, &format!("fenced: {reason}"), true);
@@ -688,7 +725,10 @@ async fn open(
             ("linger.ms", "5".into()),
             ("batch.size", "1000000".into()),
             ("batch.num.messages", "10000".into()),
-            ("transaction.timeout.ms", "60000".into()),
+            (
+                "transaction.timeout.ms",
+                DEFAULT_COORDINATOR_TIMEOUT.as_millis().to_string(),
+            ),
             ("enable.metrics.push", "false".into()),
         ],
         &forced,

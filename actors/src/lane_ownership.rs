@@ -30,7 +30,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
 
-use crate::client::{admin_client, client_config, log_client_error, log_client_event};
+use crate::client::{
+    admin_client, client_config, log_client_error, log_client_event, DEFAULT_SESSION_TIMEOUT,
+};
 use crate::error::ReplicationError;
 use crate::offset_store::ensure_internal_topic;
 use crate::spec::ClusterSpec;
@@ -220,7 +222,10 @@ impl LaneOwnership {
             &[
                 // A crashed instance's lanes move after this long, as its
                 // source partitions do in at-least-once flows.
-                ("session.timeout.ms", "10000".into()),
+                (
+                    "session.timeout.ms",
+                    DEFAULT_SESSION_TIMEOUT.as_millis().to_string(),
+                ),
                 ("heartbeat.interval.ms", "3000".into()),
             ],
             &[

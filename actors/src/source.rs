@@ -33,8 +33,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{client_config, log_client_error, log_client_event};
-use crate::copier::{Copier, CopierParts, ExactlyOnce, InjectedPanic, StopCopier};
+use crate::client::{client_config, log_client_error, log_client_event, DEFAULT_SESSION_TIMEOUT};
+use crate::copier::{Copier, CopierFaults, CopierParts, ExactlyOnce, InjectedAt, StopCopier};
 use crate::destination::Destination;
 use crate::discovery::PartitionHistory;
 use crate::dispatcher::{self, BatchBudget, Command, Inbox, Routed, Routes};
@@ -44,7 +44,7 @@ use crate::metrics::{self as names, labels, PartitionMetrics};
 use crate::offset_store::OffsetMapReader;
 use crate::spec::{Delivery, FlowSpec, StartFrom};
 use crate::status::{FlowStatus, PartitionState, PartitionStatus};
-use crate::transactional::FillBudget;
+use crate::transactional::{self, FillBudget};
 
 mod lanes;
 use lanes::LaneState;
@@ -115,9 +115,10 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
         ("statistics.interval.ms", "1000".into()),
         // New partitions of subscribed topics are noticed this fast.
         ("topic.metadata.refresh.interval.ms", refresh_ms.to_string()),
-        // A crashed instance's partitions move after this long: short, since
-        // Strait has no GC pauses to ride out.
-        ("session.timeout.ms", "10000".into()),
+        (
+            "session.timeout.ms",
+            DEFAULT_SESSION_TIMEOUT.as_millis().to_string(),
+        ),
         ("heartbeat.interval.ms", "3000".into()),
         // Records of aborted transactions are never copied.
         ("isolation.level", "read_committed".into()),
@@ -413,7 +414,7 @@ fn lane_panic(spec: &FlowSpec) -> Option<LanePanic> {
     Some(LanePanic {
         topic,
         partition,
-        at: InjectedPanic {
+        at: InjectedAt {
             offset,
             remaining: Arc::new(AtomicU32::new(times)),
         },
@@ -424,7 +425,7 @@ fn lane_panic(spec: &FlowSpec) -> Option<LanePanic> {
 struct CopierEntry {
     addr: Addr<Copier>,
     status: Arc<PartitionStatus>,
-    injected_panic: Option<InjectedPanic>,
+    faults: CopierFaults,
 }
 
 /// Supervises the source side of one flow.
@@ -519,6 +520,7 @@ impl Source {
             opening: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_OPENS)),
             ending: Arc::new(tokio::sync::Semaphore::new(ExactlyOnce::CONCURRENT_COMMITS)),
             fill_budget: FillBudget::new(FillBudget::DEFAULT_BYTES, FillBudget::MIN_SHARE),
+            reopen_delay: transactional::reopen_delay(&spec.source),
             in_lanes: spec.in_lanes(),
         });
         let lanes = spec
@@ -572,11 +574,11 @@ impl Source {
             },
         };
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
-        let injected_panic = self
+        let faults = self
             .copiers
             .get(&key)
-            .and_then(|c| c.injected_panic.clone())
-            .or_else(|| self.injected_panic_for(topic, partition));
+            .map(|c| c.faults.clone())
+            .unwrap_or_else(|| self.injected_faults_for(topic, partition));
         let addr = Copier::start(CopierParts {
             flow: Arc::from(self.spec.name.as_str()),
             topic: Arc::clone(&key.0),
@@ -588,24 +590,37 @@ impl Source {
             tuning: self.spec.tuning.clone(),
             on_error: self.spec.on_error.clone(),
             exactly_once: self.exactly_once.clone(),
-            injected_panic: injected_panic.clone(),
+            faults: faults.clone(),
         });
         self.copiers.insert(
             key,
             CopierEntry {
                 addr,
                 status,
-                injected_panic,
+                faults,
             },
         );
     }
 
-    fn injected_panic_for(&self, topic: &str, partition: i32) -> Option<InjectedPanic> {
-        let (t, p, offset, times) = self.spec.faults.copier_panic_at.as_ref()?;
-        (t == topic && *p == partition).then(|| InjectedPanic {
-            offset: *offset,
-            remaining: Arc::new(AtomicU32::new(*times)),
-        })
+    fn injected_faults_for(&self, topic: &str, partition: i32) -> CopierFaults {
+        let faults = &self.spec.faults;
+        let here = |t: &String, p: &i32| t == topic && *p == partition;
+        let at = |offset: i64, times: u32| InjectedAt {
+            offset,
+            remaining: Arc::new(AtomicU32::new(times)),
+        };
+        CopierFaults {
+            panic: faults
+                .copier_panic_at
+                .as_ref()
+                .filter(|(t, p, _, _)| here(t, p))
+                .map(|(_, _, offset, times)| at(*offset, *times)),
+            stall: faults
+                .transaction_stall_at
+                .as_ref()
+                .filter(|(t, p, _, _)| here(t, p))
+                .map(|(_, _, offset, stall)| (at(*offset, 1), *stall)),
+        }
     }
 
     /// Stops the given copiers and answers with what they acknowledged.

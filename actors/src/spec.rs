@@ -283,6 +283,10 @@ pub struct Faults {
     /// Panic an exactly-once lane when it writes this (source topic,
     /// partition, offset), the first `times` times.
     pub lane_panic_at: Option<(String, i32, i64, u32)>,
+    /// Exactly-once with a producer per partition: the copier that writes
+    /// this (source topic, partition, offset) holds its open transaction
+    /// this long first, once.
+    pub transaction_stall_at: Option<(String, i32, i64, Duration)>,
 }
 
 /// One replication flow: everything the actors need to run it.

@@ -41,7 +41,7 @@ use rdkafka::message::Header;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::batch::{RecordView, HEADER_OVERHEAD};
-use crate::client::{client_config, log_client_error, log_client_event};
+use crate::client::{client_config, log_client_error, log_client_event, session_timeout};
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{owned_headers, send_waiting_with};
 use crate::error::ReplicationError;
@@ -64,6 +64,21 @@ const WARM_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// below `message.timeout.ms`, which librdkafka caps at
 /// `transaction.timeout.ms` (60 s).
 const LINGER: Duration = Duration::from_secs(30);
+
+/// The `transaction.timeout.ms` Strait gives its transactional producers
+/// unless the destination's `kafka` settings set one.
+pub const DEFAULT_COORDINATOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `transaction.timeout.ms` of `cluster`'s transactional producers: the
+/// destination's coordinator aborts a transaction open longer than this,
+/// and fences the producer that held it.
+pub fn coordinator_timeout(cluster: &ClusterSpec) -> Duration {
+    cluster
+        .properties
+        .get("transaction.timeout.ms")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_COORDINATOR_TIMEOUT, Duration::from_millis)
+}
 
 /// librdkafka's defaults for `batch.size` and `message.max.bytes`: the most
 /// bytes one produce request carries for one partition is the smaller.
@@ -205,6 +220,52 @@ pub enum CommitError {
     Fatal(String),
 }
 
+/// How long a flow waits before it opens a new producer after the
+/// coordinator's timeout fenced the old one (see [`fenced_or_timed_out`]).
+/// An instance that stalled that long may meanwhile have lost its
+/// partitions to another (a process paused past the group's session
+/// timeout): a new producer would fence their rightful new owner. By then
+/// it knows: its group (`group_cluster`'s `session.timeout.ms`) has either
+/// answered a heartbeat, so it is still a member and the owner, or gone
+/// that long without, and librdkafka has revoked the assignment.
+pub fn reopen_delay(group_cluster: &ClusterSpec) -> Duration {
+    session_timeout(group_cluster) + Duration::from_secs(5)
+}
+
+/// What a fencing means. A newer owner's `init_transactions` fences this
+/// instance's producer, and then the partition is no longer this
+/// instance's: it stops. But the destination's coordinator also fences the
+/// producer of a transaction it aborts for being open longer than
+/// `transaction.timeout.ms` (after a destination outage, a producer that
+/// delivered nothing for two minutes was). Then the partition is still this
+/// instance's (unless it stalled long enough to lose it too: see
+/// [`reopen_delay`]), and a new producer takes over. Only a transaction that
+/// old can have been aborted that way, so a newer owner fencing a young one
+/// is told apart.
+pub fn fenced_or_timed_out(
+    topic: &str,
+    partition: i32,
+    open_for: Duration,
+    timeout: Duration,
+    reason: String,
+) -> ReplicationError {
+    if open_for >= timeout {
+        ReplicationError::TransactionTimedOut {
+            topic: topic.to_string(),
+            partition,
+            open_for,
+            timeout,
+            reason,
+        }
+    } else {
+        ReplicationError::Fenced {
+            topic: topic.to_string(),
+            partition,
+            reason,
+        }
+    }
+}
+
 fn is_fenced(error: &KafkaError) -> bool {
     error.rdkafka_error_code().is_some_and(is_fencing)
 }
@@ -285,6 +346,8 @@ pub struct TransactionalWriter {
     share: Share,
     /// What the open transaction has sent so far (an upper bound).
     filled: Mutex<Fill>,
+    /// The producer's `transaction.timeout.ms`.
+    coordinator_timeout: Duration,
 }
 
 impl TransactionalWriter {
@@ -297,12 +360,19 @@ impl TransactionalWriter {
         // Creating a client starts its threads and takes milliseconds: off
         // the arbiter, where 1,000 copiers opening producers held everything
         // else up for seconds.
+        let coordinator_timeout = coordinator_timeout(cluster);
+        // librdkafka refuses a `linger.ms` that is not below
+        // `message.timeout.ms`, which it caps at `transaction.timeout.ms`.
+        let linger = LINGER.min(coordinator_timeout / 2);
         let config = client_config(
             cluster,
             &[
                 ("queue.buffering.max.kbytes", "65536".into()),
-                ("linger.ms", LINGER.as_millis().to_string()),
-                ("transaction.timeout.ms", "60000".into()),
+                ("linger.ms", linger.as_millis().to_string()),
+                (
+                    "transaction.timeout.ms",
+                    DEFAULT_COORDINATOR_TIMEOUT.as_millis().to_string(),
+                ),
                 // Client telemetry (KIP-714) keeps HDR histograms per broker
                 // connection: about 190 KB of each producer's 420 KB, times
                 // one producer per partition.
@@ -340,7 +410,14 @@ impl TransactionalWriter {
             capacity,
             share: Share::take(budget),
             filled: Mutex::default(),
+            coordinator_timeout,
         })
+    }
+
+    /// How long a transaction may stay open before the destination aborts
+    /// it and fences this producer (its `transaction.timeout.ms`).
+    pub fn coordinator_timeout(&self) -> Duration {
+        self.coordinator_timeout
     }
 
     /// Whether `record` still goes out in the same produce request as what
