@@ -609,6 +609,37 @@ fn bad_choices() {
 }
 
 #[test]
+fn destination_transaction_timeout_must_outlast_the_transaction_interval() {
+    let config = |timeout: &str, delivery: &str| {
+        format!(
+            "{CLUSTERS}[clusters.central.kafka]\n\"transaction.timeout.ms\" = \"{timeout}\"\n\
+             [[flows]]\n{EAST_TO_CENTRAL}\ntransaction_interval = \"5s\"\ndelivery = \"{delivery}\"\n"
+        )
+    };
+    let msg = error(&config("8000", "exactly_once"));
+    assert_mentions(
+        &msg,
+        &[
+            "clusters.central.kafka.\"transaction.timeout.ms\"",
+            "\"8000\"",
+            "flows[0].transaction_interval",
+            "at least 10000 ms",
+        ],
+    );
+    let msg = error(&config("a minute", "exactly_once"));
+    assert_mentions(
+        &msg,
+        &[
+            "clusters.central.kafka.\"transaction.timeout.ms\"",
+            "\"a minute\"",
+            "milliseconds",
+        ],
+    );
+    toml(&config("10000", "exactly_once")).expect("twice the interval is enough");
+    toml(&config("8000", "at_least_once")).expect("no transactions: any timeout");
+}
+
+#[test]
 fn bad_durations() {
     let msg = error(&with_flow(&format!(
         "{EAST_TO_CENTRAL}\ncommit_interval = \"0s\""

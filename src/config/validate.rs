@@ -279,6 +279,40 @@ fn cluster_spec(
     ))
 }
 
+/// An exactly-once flow's transactions must commit well inside the
+/// destination's `transaction.timeout.ms`, when its `kafka` table sets one:
+/// past it, the coordinator aborts them (and Strait takes that for a stall
+/// and copies again, for ever).
+fn coordinator_timeout(
+    destination: &ClusterSpec,
+    interval_key: &str,
+    interval: Duration,
+) -> Result<(), ConfigError> {
+    let Some(raw) = destination.properties.get("transaction.timeout.ms") else {
+        return Ok(());
+    };
+    let key = property_key(&destination.alias, "transaction.timeout.ms");
+    let least = (interval * 2).max(Duration::from_secs(1));
+    match raw.trim().parse::<u64>().map(Duration::from_millis) {
+        Ok(timeout) if timeout >= least => Ok(()),
+        Ok(_) => Err(ConfigError::invalid(
+            key,
+            format!(
+                "\"{raw}\" is too short for {interval_key} = \"{}\" in an exactly-once flow; \
+                 must be at least {} ms (twice the interval, and at least 1000), or removed for \
+                 Strait's {}",
+                humantime::format_duration(interval),
+                least.as_millis(),
+                strait_actors::transactional::DEFAULT_COORDINATOR_TIMEOUT.as_millis()
+            ),
+        )),
+        Err(_) => Err(ConfigError::invalid(
+            key,
+            format!("\"{raw}\" is not a number of milliseconds, such as \"60000\""),
+        )),
+    }
+}
+
 /// The cluster a flow names, or an error listing the defined ones.
 fn cluster<'a>(
     key: String,
@@ -391,6 +425,13 @@ fn flow_spec(
                 humantime::format_duration(MAX_TRANSACTION_INTERVAL)
             ),
         ));
+    }
+    if flow.delivery == DeliveryConfig::ExactlyOnce {
+        coordinator_timeout(
+            destination,
+            &k("transaction_interval"),
+            flow.transaction_interval,
+        )?;
     }
     if flow.transaction_lanes > MAX_TRANSACTION_LANES {
         return Err(ConfigError::invalid(
