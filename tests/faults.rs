@@ -141,6 +141,16 @@ fn seed(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Waits until every record now on the source's `topic` is on the
+/// destination (as `delivery` promises), failing if Strait exits meanwhile.
+fn catch_up(strait: &Strait, src: &str, dst: &str, topic: &str, delivery: Delivery) {
+    let source_records = read_topic(src, topic, PARTITIONS);
+    wait_for_complete_copy(&source_records, dst, topic, delivery, CATCH_UP, || {
+        strait.assert_running();
+        strait.status_summary()
+    });
+}
+
 /// After `kill -9` the restarted (or surviving) member gets the partitions
 /// only once the dead member's session expires: 6 s (the brokers' minimum)
 /// instead of Strait's 30 s keeps ten kills within the time budget.
@@ -315,12 +325,7 @@ fn destination_outage(delivery: Delivery) {
     thread::sleep(Duration::from_secs(2));
     let produced = stream.stop();
     let t = Instant::now();
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    eprintln!("read the source in {:?}", t.elapsed());
-    wait_for_complete_copy(&source_records, dst, &topic, delivery, CATCH_UP, || {
-        strait.assert_running();
-        strait.status_summary()
-    });
+    catch_up(&strait, src, dst, &topic, delivery);
     eprintln!("caught up after {:?}", t.elapsed());
     let peak = strait.memory().map_or(0, |m| m.peak_rss_kb);
     strait.stop();
@@ -372,11 +377,7 @@ fn source_down_30s_mid_stream_strait_keeps_running_with_bounded_memory_and_loses
 
     thread::sleep(Duration::from_secs(2));
     let produced = stream.stop();
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    wait_for_complete_copy(&source_records, dst, &topic, delivery, CATCH_UP, || {
-        strait.assert_running();
-        strait.status_summary()
-    });
+    catch_up(&strait, src, dst, &topic, delivery);
     strait.stop();
     eprintln!("source outage: {produced} records produced");
     verify_copy(src, dst, &topic, &topic, PARTITIONS, delivery);
@@ -467,11 +468,7 @@ fn kill_nine_ten_times_with(delivery: Delivery, default_seed: u64, lanes: Option
 
     thread::sleep(Duration::from_secs(3));
     let produced = stream.stop();
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    wait_for_complete_copy(&source_records, dst, &topic, delivery, CATCH_UP, || {
-        strait.assert_running();
-        strait.status_summary()
-    });
+    catch_up(&strait, src, dst, &topic, delivery);
     strait.stop();
     eprintln!("kill test ({delivery:?}): {produced} records produced, {KILLS} kills");
     verify_copy(src, dst, &topic, &topic, PARTITIONS, delivery);
@@ -812,18 +809,7 @@ fn exactly_once_lane_that_panics_twice_keeps_running_each_record_once() {
         .flow_key("restart_backoff_initial", "\"200ms\"");
     let mut strait = Strait::start_with_env("strait", &config, &[("STRAIT_FAULTS", &fault)]);
 
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    wait_for_complete_copy(
-        &source_records,
-        dst,
-        &topic,
-        Delivery::ExactlyOnce,
-        CATCH_UP,
-        || {
-            strait.assert_running();
-            strait.status_summary()
-        },
-    );
+    catch_up(&strait, src, dst, &topic, Delivery::ExactlyOnce);
     assert_in_lanes(dst, &group, Some(2));
 
     // The lane panicked as often as asked, said so, and went on.
@@ -890,18 +876,7 @@ fn exactly_once_transaction_outliving_its_timeout_copies_again_each_record_once(
     .flow_key("restart_backoff_initial", "\"200ms\"");
     let mut strait = Strait::start_with_env("strait", &config, &[("STRAIT_FAULTS", &fault)]);
 
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    wait_for_complete_copy(
-        &source_records,
-        dst,
-        &topic,
-        Delivery::ExactlyOnce,
-        CATCH_UP,
-        || {
-            strait.assert_running();
-            strait.status_summary()
-        },
-    );
+    catch_up(&strait, src, dst, &topic, Delivery::ExactlyOnce);
     let log = strait.log();
     let timed_out: Vec<&str> = log
         .lines()
@@ -1110,11 +1085,7 @@ fn two_instances_one_killed(lanes: Option<u32>) {
     });
     thread::sleep(Duration::from_secs(5));
     let produced = stream.stop();
-    let source_records = read_topic(src, &topic, PARTITIONS);
-    wait_for_complete_copy(&source_records, dst, &topic, delivery, CATCH_UP, || {
-        a.assert_running();
-        a.status_summary()
-    });
+    catch_up(&a, src, dst, &topic, delivery);
     a.stop();
     eprintln!("two instances, one killed: {produced} records produced");
     verify_copy(src, dst, &topic, &topic, PARTITIONS, delivery);
@@ -1157,13 +1128,7 @@ fn switch_lanes(first: Option<u32>, second: Option<u32>) {
             })
             .collect()
     };
-    let copied = |strait: &Strait| {
-        let records = read_topic(src, &topic, PARTITIONS);
-        wait_for_complete_copy(&records, dst, &topic, delivery, CATCH_UP, || {
-            strait.assert_running();
-            strait.status_summary()
-        });
-    };
+    let copied = |strait: &Strait| catch_up(strait, src, dst, &topic, delivery);
 
     produce(src, &topic, &batch(0));
     let mut a = Strait::start("strait-a", &config_a);

@@ -19,11 +19,18 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `session.timeout.ms` of Strait's consumer groups on `cluster`.
 pub fn session_timeout(cluster: &ClusterSpec) -> Duration {
+    millis_property(cluster, "session.timeout.ms").unwrap_or(DEFAULT_SESSION_TIMEOUT)
+}
+
+/// A property of `cluster`'s `kafka` settings that holds milliseconds, if
+/// set to a number (any other value is refused at start-up, by validation
+/// or by librdkafka when it creates the client).
+pub fn millis_property(cluster: &ClusterSpec, key: &str) -> Option<Duration> {
     cluster
         .properties
-        .get("session.timeout.ms")
+        .get(key)
         .and_then(|ms| ms.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_SESSION_TIMEOUT, Duration::from_millis)
+        .map(Duration::from_millis)
 }
 
 /// A client config for `cluster`: `defaults` first, then the user's

@@ -41,7 +41,9 @@ use rdkafka::message::Header;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::batch::{RecordView, HEADER_OVERHEAD};
-use crate::client::{client_config, log_client_error, log_client_event, session_timeout};
+use crate::client::{
+    client_config, log_client_error, log_client_event, millis_property, session_timeout,
+};
 use crate::delivery_poller::{serve_reports, Served};
 use crate::destination::{owned_headers, send_waiting_with};
 use crate::error::ReplicationError;
@@ -73,11 +75,7 @@ pub const DEFAULT_COORDINATOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// destination's coordinator aborts a transaction open longer than this,
 /// and fences the producer that held it.
 pub fn coordinator_timeout(cluster: &ClusterSpec) -> Duration {
-    cluster
-        .properties
-        .get("transaction.timeout.ms")
-        .and_then(|ms| ms.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_COORDINATOR_TIMEOUT, Duration::from_millis)
+    millis_property(cluster, "transaction.timeout.ms").unwrap_or(DEFAULT_COORDINATOR_TIMEOUT)
 }
 
 /// librdkafka's defaults for `batch.size` and `message.max.bytes`: the most
