@@ -69,6 +69,14 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Poll wait while some batch is waiting for its copier.
 const BUSY_POLL: Duration = Duration::from_millis(1);
 
+/// Poll wait while a new partition is held for its copier. The copier's
+/// rewind that releases it is a command, applied between polls, and a
+/// blocking poll does not return for it: at start-up, when an exactly-once
+/// flow holds every partition, the first records waited up to
+/// [`IDLE_POLL`] (90 ms in a debug log of w1 in lanes) after their copiers
+/// were ready. Held partitions are short-lived, so this costs little.
+const HOLD_POLL: Duration = Duration::from_millis(10);
+
 /// Bytes of records a flow holds between its consumer's queue and its
 /// producer's queue: in batches being filled, waiting in inboxes, or on their
 /// way to the destination. Each copier sends one batch at a time, but a
@@ -292,6 +300,9 @@ pub struct Routes {
     commands: mpsc::Sender<Command>,
     /// New partitions wait, paused, until their copier rewinds them.
     hold_new: bool,
+    /// How many routes are held now: the reading loop polls in short
+    /// waits while any is (see [`HOLD_POLL`]).
+    holding: usize,
     /// Parcels say whether they reach the partition's end.
     mark_head: bool,
     /// Partitions resumed since the reading loop last looked: their
@@ -316,6 +327,7 @@ impl Routes {
             max_bytes: max_bytes.max(1),
             commands,
             hold_new: false,
+            holding: 0,
             mark_head: false,
             resumed: Vec::new(),
         }
@@ -348,7 +360,7 @@ impl Routes {
             None => Arc::from(topic),
         };
         let (sender, receiver) = Inbox::channel();
-        self.map.entry(Arc::clone(&topic)).or_default().insert(
+        let replaced = self.map.entry(Arc::clone(&topic)).or_default().insert(
             partition,
             Route {
                 topic: Arc::clone(&topic),
@@ -366,6 +378,12 @@ impl Routes {
                 last_size: (16, 16 * 1024),
             },
         );
+        if let Some(old) = replaced {
+            self.forget_hold(&old);
+        }
+        if self.hold_new {
+            self.holding += 1;
+        }
         Inbox {
             topic,
             partition,
@@ -392,6 +410,18 @@ impl Routes {
         }
     }
 
+    /// Some new partition is held until its copier is ready.
+    fn holds_any(&self) -> bool {
+        self.holding > 0
+    }
+
+    /// Takes a route that goes away out of the count of held ones.
+    fn forget_hold(&mut self, route: &Route) {
+        if route.held {
+            self.holding -= 1;
+        }
+    }
+
     /// Forgets a revoked partition; what was read for it and not handed over
     /// is dropped (it is read again by whoever gets the partition).
     pub fn remove<C: ConsumerContext>(
@@ -409,6 +439,7 @@ impl Routes {
         if partitions.is_empty() {
             self.map.remove(topic);
         }
+        self.forget_hold(&route);
         if let Some((batch, _)) = route.open.take() {
             self.budget.release(batch.bytes());
         }
@@ -559,7 +590,9 @@ impl Routes {
                 route.sender = sender;
                 route.full_since = None;
                 route.closed = false;
-                route.held = false;
+                if std::mem::take(&mut route.held) {
+                    self.holding -= 1;
+                }
                 let open = route.open.take();
                 let offset = offset
                     .or(route.first_handed)
@@ -692,13 +725,17 @@ pub fn run<C: Routed + 'static>(
     let mut errors = ErrorLog::default();
     let mut full_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        let (flushed, resumed) = {
+        let (flushed, resumed, holding) = {
             let mut routes = lock(consumer);
             while let Ok(command) = commands.try_recv() {
                 routes.apply(consumer, command);
             }
             let flushed = routes.flush(consumer);
-            (flushed, std::mem::take(&mut routes.resumed))
+            (
+                flushed,
+                std::mem::take(&mut routes.resumed),
+                routes.holds_any(),
+            )
         };
         waker.wake(resumed);
         if flushed.blocked {
@@ -725,6 +762,8 @@ pub fn run<C: Routed + 'static>(
         };
         let timeout = if flushed.waiting {
             BUSY_POLL
+        } else if holding {
+            HOLD_POLL
         } else {
             IDLE_POLL
         };
@@ -859,6 +898,37 @@ mod tests {
             routes.resumed,
             vec![(Arc::from("t"), 0)],
             "the reading loop wakes the fetcher of the resumed partition"
+        );
+    }
+
+    #[test]
+    fn the_loop_polls_briefly_exactly_while_some_partition_waits_for_its_copier() {
+        let consumer = unassigned_consumer();
+        let (mut routes, received) = routes(true);
+        assert!(!routes.holds_any(), "nothing assigned, nothing held");
+        let mut first = routes.add("t", 0);
+        let _second = routes.add("t", 1);
+        let _third = routes.add("u", 0);
+        assert!(routes.holds_any());
+
+        first.rewind(None);
+        let command = received.try_recv().expect("the rewind is sent");
+        routes.apply(&consumer, command);
+        routes.remove(&consumer, "t", 1);
+        assert!(routes.holds_any(), "u[0] still waits for its copier");
+        // Assigned again before its copier came: still one route, held once.
+        let _again = routes.add("u", 0);
+        routes.remove(&consumer, "u", 0);
+        assert!(
+            !routes.holds_any(),
+            "released, revoked or replaced: none is held any more"
+        );
+
+        let (mut unheld, _received) = self::routes(false);
+        let _inbox = unheld.add("t", 0);
+        assert!(
+            !unheld.holds_any(),
+            "a flow that does not hold never waits for a rewind"
         );
     }
 
