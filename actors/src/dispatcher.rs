@@ -902,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn the_loop_polls_briefly_exactly_while_some_partition_waits_for_its_copier() {
+    fn a_partition_counts_as_held_until_its_copier_releases_it_or_it_is_revoked_or_replaced() {
         let consumer = unassigned_consumer();
         let (mut routes, received) = routes(true);
         assert!(!routes.holds_any(), "nothing assigned, nothing held");
