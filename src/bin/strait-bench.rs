@@ -154,9 +154,9 @@ enum Cmd {
         warmup: u64,
         #[arg(long)]
         size: usize,
-        /// Also writes each counted record's send time (ns since the epoch)
-        /// and latency (µs) to this file, one pair per line, to see when
-        /// the slow ones were sent.
+        /// Also writes each counted record's send time (ns since the epoch),
+        /// partition, latency and the replicator's share of it (µs) to this
+        /// file, one record per line, to see when the slow ones were sent.
         #[arg(long)]
         samples: Option<std::path::PathBuf>,
         /// Read the destination as an exactly-once consumer does
@@ -1118,6 +1118,36 @@ fn percentiles(mut values_us: Vec<u64>) -> Value {
     })
 }
 
+/// Writes one line per record that reached the destination: when it was
+/// sent (ns since the epoch), its partition, its end-to-end latency and the
+/// replicator's share of it (µs; `-` when the source reader missed it), to
+/// see when the slow ones were sent and where their time went.
+fn write_samples(
+    path: &std::path::Path,
+    arrivals: &[Arrival],
+    read_at_source: &[Option<u64>],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let mut out = String::from("# sent_ns partition end_to_end_us share_us\n");
+    for a in arrivals {
+        let share = read_at_source
+            .get(a.index as usize)
+            .copied()
+            .flatten()
+            .map_or_else(
+                || "-".to_string(),
+                |s| (a.arrived_ns.saturating_sub(s) / 1000).to_string(),
+            );
+        out.push_str(&format!(
+            "{} {} {} {share}\n",
+            a.sent_ns,
+            a.index % partitions.max(1) as u64,
+            a.arrived_ns.saturating_sub(a.sent_ns) / 1000
+        ));
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Steady-rate latency through a replicator. Besides the destination, a
 /// second reader reads the source topic itself at the same time, so the
 /// same records also give the source hop alone (sent to readable on the
@@ -1218,17 +1248,6 @@ fn latency(
         })
     };
     let arrivals = read_arrivals(&consumer, &producing, &warm_sent, warm_ns, total as usize);
-    if let Some(path) = samples {
-        let mut out = String::with_capacity(arrivals.len() * 28);
-        for a in &arrivals {
-            out.push_str(&format!(
-                "{} {}\n",
-                a.sent_ns,
-                a.arrived_ns.saturating_sub(a.sent_ns) / 1000
-            ));
-        }
-        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
-    }
     let failed = producer_thread
         .join()
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
@@ -1241,6 +1260,9 @@ fn latency(
         if let Some(slot) = read_at_source.get_mut(a.index as usize) {
             *slot = Some(a.arrived_ns);
         }
+    }
+    if let Some(path) = samples {
+        write_samples(path, &arrivals, &read_at_source, partitions)?;
     }
     // The replicator's share: from readable on the source to readable on the
     // destination, for each record both readers saw. Saturates at zero when
