@@ -1060,6 +1060,17 @@ struct Arrival {
     arrived_ns: u64,
 }
 
+impl Arrival {
+    /// The replicator's share of this record's trip (µs): from when the
+    /// source reader saw it (`read_at_source`, by index) to its arrival.
+    /// Saturates at zero when the source reader was the slower of the two
+    /// to fetch it; `None` when the source reader missed it.
+    fn share_us(&self, read_at_source: &[Option<u64>]) -> Option<u64> {
+        let at_source = (*read_at_source.get(self.index as usize)?)?;
+        Some(self.arrived_ns.saturating_sub(at_source) / 1000)
+    }
+}
+
 /// Reads until the producer is done and every counted record arrived (or 30 s
 /// after the producer is done), keeping the records sent after `warm_ns`.
 fn read_arrivals(
@@ -1130,14 +1141,9 @@ fn write_samples(
 ) -> anyhow::Result<()> {
     let mut out = String::from("# sent_ns partition end_to_end_us share_us\n");
     for a in arrivals {
-        let share = read_at_source
-            .get(a.index as usize)
-            .copied()
-            .flatten()
-            .map_or_else(
-                || "-".to_string(),
-                |s| (a.arrived_ns.saturating_sub(s) / 1000).to_string(),
-            );
+        let share = a
+            .share_us(read_at_source)
+            .map_or_else(|| "-".to_string(), |us| us.to_string());
         out.push_str(&format!(
             "{} {} {} {share}\n",
             a.sent_ns,
@@ -1264,15 +1270,10 @@ fn latency(
     if let Some(path) = samples {
         write_samples(path, &arrivals, &read_at_source, partitions)?;
     }
-    // The replicator's share: from readable on the source to readable on the
-    // destination, for each record both readers saw. Saturates at zero when
-    // the source reader was the slower of the two to fetch it.
+    // The replicator's share, for each record both readers saw.
     let replication_us: Vec<u64> = arrivals
         .iter()
-        .filter_map(|a| {
-            let at_source = (*read_at_source.get(a.index as usize)?)?;
-            Some(a.arrived_ns.saturating_sub(at_source) / 1000)
-        })
+        .filter_map(|a| a.share_us(&read_at_source))
         .collect();
     let end_to_end = percentiles(
         arrivals
