@@ -1051,11 +1051,13 @@ fn latency_reader(
     Ok(consumer)
 }
 
-/// One counted record as a reader saw it: its index (the key), when it was
-/// sent and when it arrived (ns since the epoch).
+/// One counted record as a reader saw it: its index (the key), the
+/// partition it was read from, when it was sent and when it arrived (ns
+/// since the epoch).
 #[derive(Clone, Copy)]
 struct Arrival {
     index: u64,
+    partition: i32,
     sent_ns: u64,
     arrived_ns: u64,
 }
@@ -1104,6 +1106,7 @@ fn read_arrivals(
         if sent_ns >= warm_ns {
             arrivals.push(Arrival {
                 index: u64::from_be_bytes(index),
+                partition: m.partition(),
                 sent_ns,
                 arrived_ns,
             });
@@ -1137,7 +1140,6 @@ fn write_samples(
     path: &std::path::Path,
     arrivals: &[Arrival],
     read_at_source: &[Option<u64>],
-    partitions: i32,
 ) -> anyhow::Result<()> {
     let mut out = String::from("# sent_ns partition end_to_end_us share_us\n");
     for a in arrivals {
@@ -1147,7 +1149,7 @@ fn write_samples(
         out.push_str(&format!(
             "{} {} {} {share}\n",
             a.sent_ns,
-            a.index % partitions.max(1) as u64,
+            a.partition,
             a.arrived_ns.saturating_sub(a.sent_ns) / 1000
         ));
     }
@@ -1268,7 +1270,7 @@ fn latency(
         }
     }
     if let Some(path) = samples {
-        write_samples(path, &arrivals, &read_at_source, partitions)?;
+        write_samples(path, &arrivals, &read_at_source)?;
     }
     // The replicator's share, for each record both readers saw.
     let replication_us: Vec<u64> = arrivals
