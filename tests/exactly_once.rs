@@ -123,6 +123,15 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
         interval, 0.0,
         "no transaction should have waited out the {INTERVAL:?} interval ({caught_up} ended caught up)"
     );
+    // Every commit is timed.
+    let timed = strait
+        .metric("strait_transaction_commit_duration_seconds_count", &[])
+        .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+        .unwrap_or(0.0);
+    assert!(
+        timed >= caught_up,
+        "{timed} commits timed, fewer than the {caught_up} transactions committed caught up"
+    );
     strait.stop();
     verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
 }

@@ -768,7 +768,7 @@ impl Reader {
                 source_cluster: eos.source_cluster.clone(),
                 next_offset: last_offset + 1,
             };
-            let committed = {
+            let (committed, took) = {
                 let _permit =
                     eos.ending
                         .acquire()
@@ -776,11 +776,13 @@ impl Reader {
                         .map_err(|_| ReplicationError::ActorGone {
                             actor: "exactly-once commit limit",
                         })?;
-                writer.commit(&key, &stored).await
+                let committing = Instant::now();
+                (writer.commit(&key, &stored).await, committing.elapsed())
             };
             match committed {
                 Ok(()) => {
                     metrics::counter!(names::TRANSACTIONS_COMMITTED, labels::FLOW => eos.flow.clone(), labels::REASON => ended.label()).increment(1);
+                    metrics::histogram!(names::TRANSACTION_COMMIT_SECONDS, labels::FLOW => eos.flow.clone()).record(took.as_secs_f64());
                     self.status
                         .progress
                         .register(

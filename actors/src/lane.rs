@@ -548,19 +548,29 @@ impl Lane {
             .collect();
         let doomed = txn.doomed.clone();
         let work = async move {
-            match producer {
+            let ending = Instant::now();
+            let ended = match producer {
                 Some(producer) => commit_or_abort(producer, entries, doomed).await,
                 None => Ended::Fatal("the lane's producer is closed".into()),
-            }
+            };
+            (ended, ending.elapsed())
         };
         Some(
             work.into_actor(self)
-                .map(move |ended, act, ctx| act.settle(txn, end, ended, ctx)),
+                .map(move |(ended, took), act, ctx| act.settle(txn, end, ended, took, ctx)),
         )
     }
 
-    /// Acknowledges or fails the batches of a transaction that ended.
-    fn settle(&mut self, txn: Transaction, end: End, ended: Ended, ctx: &mut Context<Self>) {
+    /// Acknowledges or fails the batches of a transaction that ended `took`
+    /// after it began to end.
+    fn settle(
+        &mut self,
+        txn: Transaction,
+        end: End,
+        ended: Ended,
+        took: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         let failures = self
             .open
             .as_ref()
@@ -572,7 +582,9 @@ impl Lane {
                 for sent in &txn.batches {
                     sent.ack.delivered_all();
                 }
-                metrics::counter!(names::TRANSACTIONS_COMMITTED, labels::FLOW => flow, labels::REASON => end.label()).increment(1);
+                metrics::counter!(names::TRANSACTIONS_COMMITTED, labels::FLOW => flow.clone(), labels::REASON => end.label()).increment(1);
+                metrics::histogram!(names::TRANSACTION_COMMIT_SECONDS, labels::FLOW => flow)
+                    .record(took.as_secs_f64());
             }
             Ended::Aborted(reason) => {
                 metrics::counter!(names::TRANSACTIONS_ABORTED, labels::FLOW => flow.clone())
