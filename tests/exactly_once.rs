@@ -3,8 +3,10 @@
 //! idle partition commits as soon as the partition is caught up with nothing
 //! more waiting, so a read-committed consumer of the destination does not
 //! wait out the interval for records that trickle in; in lanes, once every
-//! partition in it is. And a lane is never handed more than one produce
-//! request's worth of a partition at a time.
+//! partition in it is; one opened on a streaming partition, once caught up
+//! after `transaction_streaming_interval` when that is set. And a lane is
+//! never handed more than one produce request's worth of a partition at a
+//! time.
 
 mod support;
 
@@ -17,7 +19,7 @@ use strait_actors::{transactional, ClusterSpec};
 use support::cluster::{shared_pair, KafkaCluster};
 use support::records::{
     create_topic, id_payload, id_records, produce, read_topic, unique_name, verify_copy,
-    wait_for_complete_copy, wait_until, Delivery, Out,
+    wait_for_complete_copy, wait_until, Delivery, Out, TestProducer,
 };
 use support::strait::{toml_str, Config, Strait};
 
@@ -134,6 +136,69 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
     );
     strait.stop();
     verify_copy(src, dst, &topic, &topic, PARTITIONS, Delivery::ExactlyOnce);
+}
+
+#[test]
+fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_streaming_interval() {
+    let (source, destination) = shared_pair();
+    let (src, dst) = (source.bootstrap(), destination.bootstrap());
+    let topic = unique_name("eos-streaming");
+    create_topic(src, &topic, 1);
+    produce(src, &topic, &id_records(0, 100, 1));
+    let config = Config::new(src, dst, &[&topic], &unique_name("strait.eos-streaming"))
+        .delivery(Delivery::ExactlyOnce)
+        .flow_key(
+            "transaction_interval",
+            &toml_str(&format!("{}s", INTERVAL.as_secs())),
+        )
+        .flow_key("transaction_streaming_interval", &toml_str("50ms"));
+    let mut strait = Strait::start("strait", &config);
+    let first = read_topic(src, &topic, 1);
+    wait_for_complete_copy(&first, dst, &topic, Delivery::ExactlyOnce, WAIT, || {
+        strait.assert_running();
+        strait.status_summary()
+    });
+
+    // A record every 2 ms for 3 s: records keep waiting for the copier
+    // while it commits, so transactions open on a streaming partition.
+    let mut producer = TestProducer::new(src);
+    let streaming = Instant::now();
+    let mut id = 100;
+    while streaming.elapsed() < Duration::from_secs(3) {
+        producer.send(&topic, &id_records(id, 1, 1)[0]);
+        id += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    producer.flush();
+    let source_now = read_topic(src, &topic, 1);
+    wait_for_complete_copy(
+        &source_now,
+        dst,
+        &topic,
+        Delivery::ExactlyOnce,
+        VISIBLE_WITHIN,
+        || {
+            strait.assert_running();
+            strait.status_summary()
+        },
+    );
+
+    let committed = |reason: &str| {
+        strait
+            .metric("strait_transactions_committed_total", &[("reason", reason)])
+            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+            .unwrap_or(0.0)
+    };
+    let (caught_up, interval) = (committed("caught_up"), committed("interval"));
+    // Without the streaming interval, a transaction opened while records
+    // waited would have run the whole 30 s interval.
+    assert_eq!(
+        interval, 0.0,
+        "no transaction should have waited out the {INTERVAL:?} interval ({caught_up} ended caught up)"
+    );
+    assert!(caught_up > 1.0, "{caught_up} transactions ended caught up");
+    strait.stop();
+    verify_copy(src, dst, &topic, &topic, 1, Delivery::ExactlyOnce);
 }
 
 /// Whether `bootstrap`'s cluster lists `topic` (internal topics included).

@@ -244,8 +244,10 @@ pub const OFFSET_COMMIT_FAILURES: &str = "strait_offset_commit_failures_total";
 
 /// Counter: exactly-once transactions committed on the destination.
 /// Labels: `flow`, `reason` (why the copier or lane ended it: `caught_up`,
-/// opened on an idle partition, which then had nothing more to read (in a
-/// lane: every partition in it had nothing more to send); `interval`,
+/// opened on an idle partition, which then had nothing more to read, or on
+/// a streaming one that was caught up once the transaction was
+/// `transaction_streaming_interval` old (in a lane: every partition in it
+/// had nothing more to send); `interval`,
 /// `transaction_interval` ran out; `full`, `transaction_max_records` was
 /// reached; `stopping`).
 pub const TRANSACTIONS_COMMITTED: &str = "strait_transactions_committed_total";

@@ -249,6 +249,10 @@ pub struct Tuning {
     /// Exactly-once: longest time a transaction stays open (one opened on an
     /// idle partition commits once the partition is caught up).
     pub transaction_interval: Duration,
+    /// Exactly-once with a producer per partition: a transaction opened on a
+    /// streaming partition commits once the partition is caught up and the
+    /// transaction is this old; `None`: it runs `transaction_interval`.
+    pub transaction_streaming_interval: Option<Duration>,
     /// Exactly-once: how many lanes (transactional producers, each writing a
     /// share of the partitions) the flow's partitions are divided among; 0:
     /// one transactional producer per partition.
@@ -268,6 +272,7 @@ impl Default for Tuning {
             max_consecutive_failures: 10,
             transaction_max_records: 10_000,
             transaction_interval: Duration::from_millis(100),
+            transaction_streaming_interval: None,
             transaction_lanes: 0,
         }
     }

@@ -98,6 +98,12 @@ pub struct FlowConfig {
     /// opened on an idle partition commits once the partition is caught up).
     #[serde(default = "default_transaction_interval", with = "humantime_serde")]
     pub transaction_interval: Duration,
+    /// Exactly-once with a producer per partition: a transaction opened while
+    /// records were waiting (the partition streams) commits once its
+    /// partition is caught up and it has been open this long; unset, it stays
+    /// open `transaction_interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub transaction_streaming_interval: Option<Duration>,
     /// Exactly-once: lanes (transactional producers, each writing a share of
     /// the partitions) to divide the partitions among; 0: one per partition.
     #[serde(default = "default_transaction_lanes")]

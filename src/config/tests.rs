@@ -107,6 +107,7 @@ fn defaults_are_applied() {
     assert_eq!(t.shutdown_timeout, d.shutdown_timeout);
     assert_eq!(t.restart_backoff_initial, d.restart_backoff_initial);
     assert_eq!(t.restart_backoff_max, d.restart_backoff_max);
+    assert_eq!(t.transaction_streaming_interval, None);
 
     assert_eq!(f.source.alias, "east");
     assert_eq!(f.source.bootstrap_servers(), "east-1:9092,east-2:9092");
@@ -154,6 +155,7 @@ mailbox_capacity = 4
 commit_interval = "250ms"
 restart_backoff_initial = "1s"
 restart_backoff_max = "2m"
+transaction_streaming_interval = "25ms"
 
 [http]
 listen = "0.0.0.0:9000"
@@ -194,6 +196,10 @@ format = "json"
     assert_eq!(f.tuning.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(f.tuning.restart_backoff_initial, Duration::from_secs(1));
     assert_eq!(f.tuning.restart_backoff_max, Duration::from_secs(120));
+    assert_eq!(
+        f.tuning.transaction_streaming_interval,
+        Some(Duration::from_millis(25))
+    );
 }
 
 #[test]
@@ -637,6 +643,37 @@ fn destination_transaction_timeout_must_outlast_the_transaction_interval() {
     );
     toml(&config("10000", "exactly_once")).expect("twice the interval is enough");
     toml(&config("8000", "at_least_once")).expect("no transactions: any timeout");
+}
+
+#[test]
+fn transaction_streaming_interval_applies_to_a_producer_per_partition_within_the_interval() {
+    let flow = |extra: &str| {
+        with_flow(&format!(
+            "{EAST_TO_CENTRAL}\ndelivery = \"exactly_once\"\ntransaction_interval = \"100ms\"\n{extra}"
+        ))
+    };
+    let key = "flows[0].transaction_streaming_interval";
+    let msg = error(&flow("transaction_streaming_interval = \"0s\""));
+    assert_mentions(&msg, &[key, "\"0s\"", "longer than zero"]);
+    let msg = error(&flow("transaction_streaming_interval = \"200ms\""));
+    assert_mentions(
+        &msg,
+        &[key, "\"200ms\"", "transaction_interval (\"100ms\")"],
+    );
+    let msg = error(&flow(
+        "transaction_streaming_interval = \"25ms\"\ntransaction_lanes = 4",
+    ));
+    assert_mentions(&msg, &[key, "\"25ms\"", "transaction_lanes = 0 only"]);
+    let msg = error(&with_flow(&format!(
+        "{EAST_TO_CENTRAL}\ntransaction_streaming_interval = \"25ms\""
+    )));
+    assert_mentions(&msg, &[key, "\"25ms\"", "exactly_once"]);
+    let s =
+        toml(&flow("transaction_streaming_interval = \"100ms\"")).expect("as long as the interval");
+    assert_eq!(
+        s.flows[0].tuning.transaction_streaming_interval,
+        Some(Duration::from_millis(100))
+    );
 }
 
 #[test]

@@ -150,6 +150,38 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `transaction_streaming_interval` shortens what `transaction_interval`
+/// allows, for the transactions of a producer per partition only.
+fn streaming_interval(flow: &FlowConfig, value: Duration, key: &str) -> Result<(), ConfigError> {
+    let shown = humantime::format_duration(value);
+    positive(key, value)?;
+    if value > flow.transaction_interval {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "\"{shown}\" is longer than transaction_interval (\"{}\"); must be at most as long",
+                humantime::format_duration(flow.transaction_interval)
+            ),
+        ));
+    }
+    if flow.delivery != DeliveryConfig::ExactlyOnce {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{shown}\" is set on a flow without transactions; it applies to delivery = \"exactly_once\" only"),
+        ));
+    }
+    if flow.transaction_lanes > 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "\"{shown}\" is set with transaction_lanes = {}; a lane commits as soon as its partitions are caught up, so it applies to transaction_lanes = 0 only",
+                flow.transaction_lanes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn at_least_one(key: &str, value: usize) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::invalid(
@@ -442,6 +474,9 @@ fn flow_spec(
             ),
         ));
     }
+    if let Some(streaming) = flow.transaction_streaming_interval {
+        streaming_interval(flow, streaming, &k("transaction_streaming_interval"))?;
+    }
     if flow.restart_backoff_max < flow.restart_backoff_initial {
         return Err(ConfigError::invalid(
             k("restart_backoff_max"),
@@ -572,6 +607,7 @@ fn flow_spec(
             max_consecutive_failures: flow.max_consecutive_failures,
             transaction_max_records: flow.transaction_max_records,
             transaction_interval: flow.transaction_interval,
+            transaction_streaming_interval: flow.transaction_streaming_interval,
             transaction_lanes: flow.transaction_lanes,
         },
         faults: Faults::default(),
