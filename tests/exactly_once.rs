@@ -82,18 +82,7 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
         );
         next_id += PARTITIONS as u64;
         let produced_at = Instant::now();
-        let source_now = read_topic(src, &topic, PARTITIONS);
-        wait_for_complete_copy(
-            &source_now,
-            dst,
-            &topic,
-            Delivery::ExactlyOnce,
-            VISIBLE_WITHIN,
-            || {
-                strait.assert_running();
-                strait.status_summary()
-            },
-        );
+        wait_until_visible(src, dst, &topic, PARTITIONS, &strait);
         eprintln!(
             "round {round}: visible read committed {:?} after it was produced \
              (transaction_interval {INTERVAL:?})",
@@ -101,12 +90,6 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
         );
     }
 
-    let committed = |reason: &str| {
-        strait
-            .metric("strait_transactions_committed_total", &[("reason", reason)])
-            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
-            .unwrap_or(0.0)
-    };
     // A producer per partition commits each partition's record alone; a
     // lane may commit a round's records together.
     let rounds = match lanes {
@@ -116,7 +99,10 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
     let (caught_up, interval) = wait_until(
         "the metrics to count the transactions ended because their partition was caught up",
         WAIT,
-        || match (committed("caught_up"), committed("interval")) {
+        || match (
+            committed(&strait, "caught_up"),
+            committed(&strait, "interval"),
+        ) {
             (c, i) if c >= f64::from(rounds) => Ok((c, i)),
             other => Err(format!("(caught_up, interval) = {other:?}")),
         },
@@ -170,26 +156,12 @@ fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_str
         std::thread::sleep(Duration::from_millis(2));
     }
     producer.flush();
-    let source_now = read_topic(src, &topic, 1);
-    wait_for_complete_copy(
-        &source_now,
-        dst,
-        &topic,
-        Delivery::ExactlyOnce,
-        VISIBLE_WITHIN,
-        || {
-            strait.assert_running();
-            strait.status_summary()
-        },
-    );
+    wait_until_visible(src, dst, &topic, 1, &strait);
 
-    let committed = |reason: &str| {
-        strait
-            .metric("strait_transactions_committed_total", &[("reason", reason)])
-            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
-            .unwrap_or(0.0)
-    };
-    let (caught_up, interval) = (committed("caught_up"), committed("interval"));
+    let (caught_up, interval) = (
+        committed(&strait, "caught_up"),
+        committed(&strait, "interval"),
+    );
     // Without the streaming interval, a transaction opened while records
     // waited would have run the whole 30 s interval.
     assert_eq!(
@@ -199,6 +171,31 @@ fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_str
     assert!(caught_up > 1.0, "{caught_up} transactions ended caught up");
     strait.stop();
     verify_copy(src, dst, &topic, &topic, 1, Delivery::ExactlyOnce);
+}
+
+/// Waits, at most [`VISIBLE_WITHIN`], until every record now on the
+/// source's `topic` can be read committed on the destination.
+fn wait_until_visible(src: &str, dst: &str, topic: &str, partitions: i32, strait: &Strait) {
+    let source_now = read_topic(src, topic, partitions);
+    wait_for_complete_copy(
+        &source_now,
+        dst,
+        topic,
+        Delivery::ExactlyOnce,
+        VISIBLE_WITHIN,
+        || {
+            strait.assert_running();
+            strait.status_summary()
+        },
+    );
+}
+
+/// Transactions `strait` committed for `reason` so far.
+fn committed(strait: &Strait, reason: &str) -> f64 {
+    strait
+        .metric("strait_transactions_committed_total", &[("reason", reason)])
+        .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+        .unwrap_or(0.0)
 }
 
 /// Whether `bootstrap`'s cluster lists `topic` (internal topics included).
