@@ -111,7 +111,7 @@ pub fn admin_client(
         })
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: cluster.alias.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 

@@ -302,7 +302,7 @@ impl Destination {
                 })
                 .map_err(|source| ReplicationError::ClientCreation {
                     cluster: cluster.alias.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         let producer = Arc::new(producer);
         let _ = producer.context().producer.set(Arc::downgrade(&producer));
@@ -511,7 +511,6 @@ async fn produce_waiting<C: ClientContext, O: rdkafka::util::IntoOpaque>(
 /// Queues a record with `send`, for any producer of `client`, waiting while
 /// the producer's queue is full. Its delivery reports must be served
 /// elsewhere (only that frees a full queue).
-#[allow(clippy::result_large_err)]
 pub async fn send_waiting_with<'a, C, K, P, O>(
     client: &Client<C>,
     record: BaseRecord<'a, K, P, O>,

@@ -121,7 +121,7 @@ impl TopicReader {
             .map_err(|source| ReplicationError::Unreachable {
                 cluster: self.cluster.alias.clone(),
                 bootstrap: self.cluster.bootstrap_servers().to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -190,7 +190,7 @@ impl TopicReader {
             .map_err(|source| ReplicationError::Unreachable {
                 cluster: self.cluster.alias.clone(),
                 bootstrap: self.cluster.bootstrap_servers().to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let mut described = BTreeSet::new();
         for resource in results.into_iter().flatten() {

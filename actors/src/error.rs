@@ -24,6 +24,9 @@ pub enum SpecError {
 }
 
 /// What stops a flow, a copier or a cluster connection at run time.
+///
+/// librdkafka's errors are boxed: unboxed, the largest variant made every
+/// `Result` carrying this error over 128 bytes, paid on each return.
 #[derive(Debug, Error)]
 pub enum ReplicationError {
     /// A Kafka client could not be created from the cluster's properties.
@@ -31,7 +34,7 @@ pub enum ReplicationError {
     ClientCreation {
         cluster: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A cluster did not answer a metadata request.
     #[error("cluster `{cluster}` ({bootstrap}) is unreachable: {source}")]
@@ -39,14 +42,14 @@ pub enum ReplicationError {
         cluster: String,
         bootstrap: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Subscribing the source consumer failed.
     #[error("cluster `{cluster}`: cannot subscribe to topics: {source}")]
     Subscribe {
         cluster: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A destination topic could not be created or grown.
     #[error("cluster `{cluster}`: cannot create topic `{topic}`: {reason}")]
@@ -61,7 +64,7 @@ pub enum ReplicationError {
         topic: String,
         partition: i32,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The destination refused a record for good.
     #[error("writing {topic}[{partition}] offset {offset} to `{destination_topic}`: {reason}")]

@@ -450,7 +450,6 @@ impl Lane {
     }
 
     /// Begins a transaction unless one is open; its interval starts now.
-    #[allow(clippy::result_large_err)] // as every ReplicationError result
     fn begin(&mut self, ctx: &mut Context<Self>) -> Result<(), ReplicationError> {
         if self.txn.is_some() {
             return Ok(());
@@ -754,7 +753,7 @@ async fn open(
         .await?
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: alias.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let producer = Arc::new(producer);
     let served = serve_reports(&producer).map_err(|e| ReplicationError::Transaction {

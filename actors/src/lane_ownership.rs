@@ -107,7 +107,7 @@ pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), Replic
         .create()
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: cluster.alias.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&lanes_topic(group_id), 0);
@@ -203,7 +203,6 @@ pub struct LaneOwnership {
 impl LaneOwnership {
     /// Joins `group_id`'s lane group on `cluster` (the lanes topic must
     /// exist: [`ensure_lanes_topic`]) and reports lanes assigned and revoked.
-    #[allow(clippy::result_large_err)] // as every ReplicationError result
     pub fn start(
         cluster: &ClusterSpec,
         group_id: &str,
@@ -239,14 +238,14 @@ impl LaneOwnership {
         .create_with_context(context)
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: cluster.alias.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let topic = lanes_topic(group_id);
         consumer
             .subscribe(&[&topic])
             .map_err(|source| ReplicationError::Subscribe {
                 cluster: cluster.alias.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let stop = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()

@@ -287,7 +287,7 @@ impl MapEnds {
         let unreachable = |source: KafkaError| ReplicationError::Unreachable {
             cluster: cluster.alias.clone(),
             bootstrap: cluster.bootstrap_servers().to_string(),
-            source,
+            source: Box::new(source),
         };
         let metadata = self
             .0
@@ -395,7 +395,7 @@ fn map_reader(
     })
     .map_err(|source| ReplicationError::ClientCreation {
         cluster: cluster.alias.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -498,7 +498,7 @@ impl Source {
         .create_with_context(context)
         .map_err(|source| ReplicationError::ClientCreation {
             cluster: spec.source.alias.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let consumer = Arc::new(consumer);
         let reader_stop = Arc::new(AtomicBool::new(false));
@@ -903,7 +903,7 @@ impl Source {
         };
         result.map_err(|source| ReplicationError::Subscribe {
             cluster: self.spec.source.alias.clone(),
-            source,
+            source: Box::new(source),
         })?;
         tracing::info!(flow = %self.spec.name, topics = ?topics, "subscribed");
         self.join = (!topics.is_empty()).then(|| Join {

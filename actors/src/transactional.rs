@@ -315,7 +315,7 @@ pub async fn warm_up(cluster: &ClusterSpec, group_id: &str) -> Result<(), Replic
         let producer: TxProducer = config.create_with_context(context).map_err(|source| {
             ReplicationError::ClientCreation {
                 cluster: alias.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         producer
@@ -387,7 +387,7 @@ impl TransactionalWriter {
             .await?
             .map_err(|source| ReplicationError::ClientCreation {
                 cluster: cluster.alias.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let producer = Arc::new(producer);
         let served = serve_reports(&producer).map_err(|e| ReplicationError::Transaction {
@@ -496,7 +496,7 @@ impl TransactionalWriter {
     }
 
     /// Queues a record, waiting while the producer's queue is full.
-    #[allow(clippy::result_large_err)]
+    #[allow(clippy::result_large_err)] // rdkafka's `send` returns the record in its error
     async fn queue<'a, K, P>(
         &self,
         record: BaseRecord<'a, K, P, usize>,

@@ -148,7 +148,6 @@ fn unassign(consumer: &SourceConsumer, partitions: &[Partition]) {
 impl Source {
     /// A subscription in lanes: the ready topics and their partition counts;
     /// the first one joins the lane group.
-    #[allow(clippy::result_large_err)] // as every ReplicationError result
     pub(super) fn subscribe_lanes(
         &mut self,
         topics: BTreeMap<String, i32>,
