@@ -72,6 +72,16 @@ const JOIN_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 /// 2026-11-26T2237-read-ahead-16-mib).
 pub const SOURCE_PREFETCH_BYTES: usize = 16 * 1024 * 1024;
 
+/// Records the source consumer may hold read ahead, for all its partitions
+/// (`queued.min.messages`, librdkafka's default 100,000). librdkafka counts
+/// only record values against [`SOURCE_PREFETCH_BYTES`], but keeps a few
+/// hundred bytes of its own per record read ahead: on 100-byte records the
+/// count limit came first, and peak RSS was 27–69 MB higher at its default
+/// for the same records/s. At 20,000, records of about 840 bytes or more
+/// still meet the byte limit first (benches/results/
+/// 2026-12-08T0315-read-ahead-records).
+pub const SOURCE_PREFETCH_RECORDS: usize = 20_000;
+
 /// Bytes of records a flow holds between its consumer's read-ahead and its
 /// producer's queue at most (or four batches of `batch_max_bytes`, if more):
 /// see [`BatchBudget`].
@@ -83,15 +93,9 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
         .topic_refresh_interval
         .as_millis()
         .clamp(1_000, 300_000);
-    vec![
+    let mut defaults = vec![
         // Cooperative rebalancing moves only the partitions that change hands.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        // Read-ahead for all partitions together (one queue is polled): up to
-        // `max.partition.fetch.bytes` (1 MB) per partition per fetch.
-        (
-            "queued.max.messages.kbytes",
-            (SOURCE_PREFETCH_BYTES / 1024).to_string(),
-        ),
         // One fetch response at most this big: librdkafka keeps a response's
         // buffer until its last record is copied, so smaller responses let
         // memory go sooner (the default is 50 MB).
@@ -122,6 +126,22 @@ fn consumer_defaults(spec: &FlowSpec) -> Vec<(&'static str, String)> {
         ("heartbeat.interval.ms", "3000".into()),
         // Records of aborted transactions are never copied.
         ("isolation.level", "read_committed".into()),
+    ];
+    defaults.extend(read_ahead());
+    defaults
+}
+
+/// How much the consumer reads ahead, for all partitions together (one queue
+/// is polled), fetching up to `max.partition.fetch.bytes` (1 MB) per
+/// partition at a time: bounded in bytes of record values, and in records,
+/// for what librdkafka keeps besides those bytes.
+fn read_ahead() -> [(&'static str, String); 2] {
+    [
+        (
+            "queued.max.messages.kbytes",
+            (SOURCE_PREFETCH_BYTES / 1024).to_string(),
+        ),
+        ("queued.min.messages", SOURCE_PREFETCH_RECORDS.to_string()),
     ]
 }
 
@@ -999,6 +1019,87 @@ impl Handler<StopSource> for Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::bindings as rdsys;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    /// Records waiting in the consumer's queue: what librdkafka read ahead.
+    fn read_ahead_records(consumer: &BaseConsumer) -> usize {
+        // SAFETY: the consumer outlives this call; the queue handle taken
+        // from it is released before returning.
+        unsafe {
+            let queue = rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr());
+            let length = rdsys::rd_kafka_queue_length(queue);
+            rdsys::rd_kafka_queue_destroy(queue);
+            length
+        }
+    }
+
+    /// 40,000 records of 100 bytes are 4 MB, far under the byte bound: before
+    /// the record bound, librdkafka read all of them ahead (its own default
+    /// bound is 100,000), each with a few hundred bytes of its own beside it.
+    /// (The mock broker keeps about 5 MB of a partition, hence not more.)
+    #[test]
+    fn small_records_are_read_ahead_up_to_the_record_bound_not_only_the_byte_bound() {
+        const RECORDS: usize = 40_000;
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("small", 1, 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("linger.ms", "20")
+            .create()
+            .expect("producer");
+        let value = [7u8; 100];
+        for _ in 0..RECORDS {
+            while producer
+                .send(
+                    BaseRecord::<(), _>::to("small")
+                        .partition(0)
+                        .payload(&value[..]),
+                )
+                .is_err()
+            {
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("flushed");
+
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "read-ahead-test")
+            .set("enable.auto.commit", "false")
+            // As the flow's consumer: a full read-ahead is looked at again soon.
+            .set("fetch.queue.backoff.ms", "10");
+        for (key, value) in read_ahead() {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("small", 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&tpl).expect("assigned");
+
+        // Nothing is polled: the queue grows until librdkafka stops fetching.
+        let (mut last, mut steady_since) = (usize::MAX, Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && steady_since.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = read_ahead_records(&consumer);
+            if now != last {
+                (last, steady_since) = (now, Instant::now());
+            }
+        }
+        // Once over the bound, one fetch may still be in flight: at most
+        // `max.partition.fetch.bytes` (1 MiB) of 100-byte records.
+        let one_fetch = (1 << 20) / 100;
+        assert!(
+            (SOURCE_PREFETCH_RECORDS..=SOURCE_PREFETCH_RECORDS + one_fetch).contains(&last),
+            "read ahead {last} records, expected {SOURCE_PREFETCH_RECORDS} to {}",
+            SOURCE_PREFETCH_RECORDS + one_fetch
+        );
+    }
 
     /// A join that started at `since`, after 4 joins had ended.
     fn join_from(since: Instant) -> Join {
