@@ -126,6 +126,21 @@ fn caught_up_records_are_committed_before_the_interval_ends(lanes: Option<u32>) 
 
 #[test]
 fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_streaming_interval() {
+    stream_then_stop(Duration::from_millis(50));
+}
+
+/// Transactions on the stream last about a second each, so when it stops
+/// after 3 s, the last one is caught up before it is a second old. It used
+/// to wait for more records until the 30 s interval ran out.
+#[test]
+fn exactly_once_stream_that_stops_mid_transaction_commits_once_the_streaming_interval_has_run() {
+    stream_then_stop(Duration::from_secs(1));
+}
+
+/// Copies a record every 2 ms for 3 s with `transaction_streaming_interval`
+/// at `streaming`, and checks that every record became visible well inside
+/// the 30 s `transaction_interval`, no transaction having waited it out.
+fn stream_then_stop(streaming: Duration) {
     let (source, destination) = shared_pair();
     let (src, dst) = (source.bootstrap(), destination.bootstrap());
     let topic = unique_name("eos-streaming");
@@ -137,7 +152,10 @@ fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_str
             "transaction_interval",
             &toml_str(&format!("{}s", INTERVAL.as_secs())),
         )
-        .flow_key("transaction_streaming_interval", &toml_str("50ms"));
+        .flow_key(
+            "transaction_streaming_interval",
+            &toml_str(&format!("{}ms", streaming.as_millis())),
+        );
     let mut strait = Strait::start("strait", &config);
     let first = read_topic(src, &topic, 1);
     wait_for_complete_copy(&first, dst, &topic, Delivery::ExactlyOnce, WAIT, || {
@@ -148,9 +166,9 @@ fn exactly_once_streaming_partition_commits_once_caught_up_after_transaction_str
     // A record every 2 ms for 3 s: records keep waiting for the copier
     // while it commits, so transactions open on a streaming partition.
     let mut producer = TestProducer::new(src);
-    let streaming = Instant::now();
+    let streaming_since = Instant::now();
     let mut id = 100;
-    while streaming.elapsed() < Duration::from_secs(3) {
+    while streaming_since.elapsed() < Duration::from_secs(3) {
         producer.send(&topic, &id_records(id, 1, 1)[0]);
         id += 1;
         std::thread::sleep(Duration::from_millis(2));

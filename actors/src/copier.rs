@@ -745,12 +745,21 @@ impl Reader {
                 // (250 records/s per partition: p99 1.0-1.7 s, against 0.5 s
                 // with the interval, in turn on one machine). During a
                 // catch-up the partition's end is far ahead anyway.
-                if caught_up && inbox.is_empty() && (idle || self.streamed_long_enough(began)) {
+                let caught_up = caught_up && inbox.is_empty();
+                if caught_up && (idle || self.streamed_long_enough(began)) {
                     break TransactionEnd::CaughtUp;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
+                // Caught up too soon on a streaming partition: more records
+                // are waited for only until the streaming interval has run,
+                // or a stream that stops here would hold its last records
+                // for the whole interval.
+                let (until, end) = match self.streaming_end(began) {
+                    Some(at) if caught_up && at < deadline => (at, TransactionEnd::CaughtUp),
+                    _ => (deadline, TransactionEnd::Interval),
+                };
+                let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break TransactionEnd::Interval;
+                    break end;
                 }
                 parcel = match tokio::time::timeout(left, inbox.recv()).await {
                     Ok(Some(parcel)) => {
@@ -762,7 +771,7 @@ impl Reader {
                             actor: "source reading thread",
                         })
                     }
-                    Err(_deadline) => break TransactionEnd::Interval,
+                    Err(_timed_out) => break end,
                 };
             };
             let stored = StoredOffset {
@@ -1024,9 +1033,16 @@ impl Reader {
     /// Whether a transaction opened on a streaming partition at `began` may
     /// end now that the partition is caught up.
     fn streamed_long_enough(&self, began: Instant) -> bool {
+        self.streaming_end(began)
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// When a transaction opened on a streaming partition at `began` may end
+    /// once caught up (with `transaction_streaming_interval` set).
+    fn streaming_end(&self, began: Instant) -> Option<Instant> {
         self.tuning
             .transaction_streaming_interval
-            .is_some_and(|after| began.elapsed() >= after)
+            .map(|after| began + after)
     }
 
     async fn inject_stall_at(&self, offset: i64) {
